@@ -1,0 +1,31 @@
+"""One exception type for bad input, so callers (and the trainer's skip-and-count logic) catch one thing."""
+
+from __future__ import annotations
+
+import os
+
+
+class CXRDataError(ValueError):
+    """Bad input data: the message names the file, the field, what was expected and what was found.
+
+    Subclasses ``ValueError`` so generic code that already guards against bad values keeps working.
+
+    Args:
+        reason: what is wrong, phrased so the user can act on it ("expected X, found Y").
+        path: the file (or directory) that holds the bad data.
+        field: the DICOM keyword, CSV column or dictionary key at fault.
+    """
+
+    def __init__(self, reason: str, *, path: str | os.PathLike | None = None, field: str | None = None):
+        self.reason = reason
+        self.path = None if path is None else os.fspath(path)
+        self.field = field
+        where = ": ".join(str(p) for p in (self.path, field) if p)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    def __reduce__(self):  # keep the keyword-only arguments across DataLoader worker pickling
+        return (_rebuild, (self.reason, self.path, self.field))
+
+
+def _rebuild(reason, path, field):
+    return CXRDataError(reason, path=path, field=field)
