@@ -1,0 +1,113 @@
+"""Cross-modal retrieval recall, chunked so that the full similarity matrix is never held in memory.
+
+Relevance is by *group*: a query hits at k when any of its top-k candidates shares its group id. For
+image→text retrieval over unique reports the group of an image is the id of its report text; for text→image
+the group of a unique report is the same id, and every image with that report is relevant. Group ids are
+integers (``report_group_id`` hashes report text) so they can be all-gathered under ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import ignite.distributed as idist
+import torch
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+
+
+def report_group_id(text: str) -> int:
+    """Stable 63-bit id of a report's whitespace-normalised text (Python's ``hash`` is salted per process)."""
+    digest = hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def chunked_topk(
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, query_chunk: int = 1024, candidate_chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` inner-product scores and indices of each query, holding at most one
+    ``query_chunk × candidate_chunk`` block of similarities at a time (plus the running top-k)."""
+    k = min(k, candidates.shape[0])
+    all_vals, all_idx = [], []
+    for q0 in range(0, queries.shape[0], query_chunk):
+        q = queries[q0 : q0 + query_chunk]
+        best_v = q.new_full((q.shape[0], 0), float("-inf"))
+        best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=q.device)
+        for c0 in range(0, candidates.shape[0], candidate_chunk):
+            sims = q @ candidates[c0 : c0 + candidate_chunk].T
+            v, i = sims.topk(min(k, sims.shape[1]), dim=1)
+            merged_v, order = torch.cat([best_v, v], 1).topk(min(k, best_v.shape[1] + v.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + c0], 1).gather(1, order)
+            best_v = merged_v
+        all_vals.append(best_v)
+        all_idx.append(best_i)
+    return torch.cat(all_vals), torch.cat(all_idx)
+
+
+def recall_at_k(
+    queries: torch.Tensor,
+    query_groups: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_groups: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    **chunk_kwargs,
+) -> dict[int, float]:
+    """Fraction of queries with a same-group candidate among their top-k, for each k in ``ks``."""
+    _, idx = chunked_topk(queries, candidates, max(ks), **chunk_kwargs)
+    hits = candidate_groups.to(idx.device)[idx] == query_groups.to(idx.device)[:, None]
+    return {k: hits[:, :k].any(1).float().mean().item() for k in ks}
+
+
+def unique_by_group(features: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First feature row of each distinct group (duplicate reports are one retrieval candidate)."""
+    uniq, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.full((uniq.numel(),), groups.numel(), dtype=torch.long, device=groups.device)
+    first.scatter_reduce_(0, inverse, torch.arange(groups.numel(), device=groups.device), reduce="amin")
+    return features[first], uniq
+
+
+def cross_modal_recall(
+    image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Image→text R@k over unique reports and text→image R@k over all images (keys ``i2t_R@k``, ``t2i_R@k``)."""
+    texts, text_groups = unique_by_group(text_features, groups)
+    i2t = recall_at_k(image_features, groups, texts, text_groups, ks)
+    t2i = recall_at_k(texts, text_groups, image_features, groups, ks)
+    return {**{f"i2t_R@{k}": v for k, v in i2t.items()}, **{f"t2i_R@{k}": v for k, v in t2i.items()}}
+
+
+class CrossModalRecall(Metric):
+    """Ignite metric: R@k of image→text (``direction="i2t"``), text→image (``"t2i"``) or their mean (``"mean"``).
+
+    Expects the engine output (after ``output_transform``) to be ``(image_features, text_features, groups)``.
+    Features are gathered from all ranks before scoring, so the value is the same under DDP as on one process.
+    """
+
+    def __init__(self, k: int = 1, direction: str = "mean", output_transform=lambda x: x, device="cpu"):
+        if direction not in ("i2t", "t2i", "mean"):
+            raise ValueError(f"direction must be 'i2t', 't2i' or 'mean', got {direction!r}")
+        self.k, self.direction = k, direction
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._img, self._txt, self._grp = [], [], []
+
+    @reinit__is_reduced
+    def update(self, output) -> None:
+        img, txt, grp = output
+        self._img.append(img.detach().float().cpu())
+        self._txt.append(txt.detach().float().cpu())
+        self._grp.append(torch.as_tensor(grp, dtype=torch.long).cpu())
+
+    def compute(self) -> float:
+        if not self._img:
+            raise RuntimeError("CrossModalRecall needs at least one batch before compute()")
+        img, txt, grp = (torch.cat(x) for x in (self._img, self._txt, self._grp))
+        if idist.get_world_size() > 1:
+            img, txt, grp = (idist.all_gather(x) for x in (img, txt, grp))
+        scores = cross_modal_recall(img, txt, grp, ks=(self.k,))
+        i2t, t2i = scores[f"i2t_R@{self.k}"], scores[f"t2i_R@{self.k}"]
+        return {"i2t": i2t, "t2i": t2i, "mean": (i2t + t2i) / 2}[self.direction]
