@@ -409,3 +409,26 @@ def test_attach_gaze_keeps_only_images_with_gaze_and_combines_readings(tmp_path)
     mean = attach_gaze(datalist, records, how="mean")[0]["fixations"]
     np.testing.assert_allclose(mean[:, 2], [0.1, 0.2, 0.3])
     np.testing.assert_allclose(first.fixations[:, 2], [0.2, 0.4])  # records are not modified
+
+
+def test_egd_pixels_per_degree_follows_the_screen_scaling(tmp_path):
+    egd = write_egd(tmp_path / "egd", [egd_row("img1", 170.0, 260.0)])
+    mimic = write_metadata_sizes(tmp_path / "mimic", {"img1": (ROWS, COLS)})
+    record = read_egd_fixations(egd, mimic_root=mimic, screen_pixels_per_degree=40.0)[0]["img1"]
+    padded_rows = ROWS + PADS["image_top_pad"] + PADS["image_bottom_pad"]
+    assert record.pixels_per_degree == pytest.approx(40.0 * padded_rows / 1080)
+    assert read_egd_fixations(egd, mimic_root=mimic, screen_pixels_per_degree=None)[0]["img1"].pixels_per_degree is None
+
+
+def test_expert_datalist_merges_egd_and_reflacx_readings_of_one_image(tmp_path):
+    from eclip_monai.data import build_expert_datalist
+
+    egd = write_egd(tmp_path / "egd", [egd_row("img1", 170.0, 260.0, duration=0.4)])
+    mimic = write_metadata_sizes(tmp_path / "mimic", {"img1": (ROWS, COLS)})
+    datalist = [{"dicom_id": "img1", "image": "a.dcm"}, {"dicom_id": "img2", "image": "b.dcm"}]
+    expert = build_expert_datalist(datalist, egd_root=egd, mimic_root=mimic)
+    assert [item["dicom_id"] for item in expert] == ["img1"]
+    np.testing.assert_allclose(expert[0]["fixations"], [[170.0, 260.0, 0.4]], atol=1e-3)
+    assert expert[0]["pixels_per_degree"] > 0
+    with pytest.raises(CXRDataError, match="master_sheet|fixations"):
+        build_expert_datalist(datalist, egd_root=tmp_path / "missing")

@@ -1,6 +1,7 @@
 """Readers and datalists: files in the public datasets' formats → MONAI data dicts and gaze records."""
 
 from eclip_monai.data.egd_cxr import read_egd_fixations
+from eclip_monai.data.expert import build_expert_datalist
 from eclip_monai.data.gaze import FIXATION_COLUMNS, GazeRecord, GazeStats, attach_gaze
 from eclip_monai.data.mimic import (
     Datalist,
@@ -17,6 +18,7 @@ __all__ = [
     "GazeRecord",
     "GazeStats",
     "attach_gaze",
+    "build_expert_datalist",
     "build_mimic_datalist",
     "find_table",
     "read_csv",

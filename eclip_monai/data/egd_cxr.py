@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eclip_monai.data.formats import EGD_FIXATIONS_CSV, EGD_MASTER_SHEET_CSV, MIMIC_METADATA_CSV
+from eclip_monai.data.formats import EGD_FIXATIONS_CSV, EGD_MASTER_SHEET_CSV, EGD_SCREEN_SIZE, MIMIC_METADATA_CSV
 from eclip_monai.data.gaze import GazeRecord, GazeStats
 from eclip_monai.data.mimic import read_csv, read_mimic_image_sizes
 from eclip_monai.errors import CXRDataError
@@ -27,18 +27,27 @@ logger = logging.getLogger(__name__)
 PAD_COLUMNS = ("image_top_pad", "image_bottom_pad", "image_left_pad", "image_right_pad")
 _GAZE = ("FPOGX", "FPOGY", "FPOGD", "FPOGV")  # screen fractions, duration (s), validity flag
 _ORIGINAL = ("X_ORIGINAL", "Y_ORIGINAL")  # optional: the release's own mapping, used as a cross-check
+# EGD-CXR records no viewing geometry. 1° of visual angle at ~65 cm from a 24" 1920x1080 monitor is ~41 screen
+# pixels; the image was scaled so that (rows + top + bottom) image pixels span the screen's 1080 rows.
+DEFAULT_SCREEN_PIXELS_PER_DEGREE = 41.0
 MISMATCH_TOLERANCE_PX = 5.0  # X_ORIGINAL is the same mapping, so honest data agrees to rounding
 _MIN_SCREEN_FRACTION = 0.05  # solving width = (X_ORIGINAL + pad) / FPOGX is unstable near the screen edge
 
 
 def read_egd_fixations(
-    root: str | os.PathLike, mimic_root: str | os.PathLike | None = None
+    root: str | os.PathLike,
+    mimic_root: str | os.PathLike | None = None,
+    screen_pixels_per_degree: float | None = DEFAULT_SCREEN_PIXELS_PER_DEGREE,
 ) -> tuple[dict[str, GazeRecord], GazeStats]:
     """``dicom_id -> GazeRecord`` from EGD-CXR's ``fixations.csv`` and ``master_sheet.csv`` in ``root``.
 
     ``mimic_root`` (the MIMIC-CXR root with the MIMIC-CXR-JPG metadata table) gives each image's Rows/Columns;
     without it they are solved from ``X_ORIGINAL/Y_ORIGINAL`` or read from the DICOM header at the master
     sheet's ``path`` (relative to ``mimic_root`` or ``root``).
+
+    ``screen_pixels_per_degree`` (visual angle on the recording screen) becomes each record's
+    ``pixels_per_degree`` in original-image pixels, so heatmap σ can be given in degrees as for REFLACX;
+    ``None`` leaves it unset (σ must then be given in pixels).
 
     Fixations with ``FPOGV != 1``, a missing value, a non-positive ``FPOGD`` (the duration) or a position off
     the image are dropped and counted; images left with none, or whose size cannot be found, are skipped and
@@ -96,7 +105,10 @@ def read_egd_fixations(
             stats.skip("no_valid_fixation", dicom_id)
             continue
         fixations = np.stack([x, y, duration], axis=1)[keep]
-        records[dicom_id] = GazeRecord(dicom_id, fixations, (rows, cols), source="egd-cxr")
+        ppd = None
+        if screen_pixels_per_degree is not None:
+            ppd = screen_pixels_per_degree * (rows + top + bottom) / EGD_SCREEN_SIZE[1]
+        records[dicom_id] = GazeRecord(dicom_id, fixations, (rows, cols), ppd, source="egd-cxr")
     (logger.warning if stats.skipped else logger.info)("EGD-CXR gaze from %s: %s", root, stats.summary())
     return records, stats
 
