@@ -1,0 +1,16 @@
+"""The eCLIP network as MONAI-friendly components: open_clip towers, the heatmap processor, eCLIP."""
+
+from eclip_monai.networks.eclip import ECLIP, build_eclip, random_blob_heatmaps
+from eclip_monai.networks.heatmap_processor import HeatmapProcessor
+from eclip_monai.networks.towers import DEFAULT_MODEL, ECLIP_MODELS, adapt_input_channels, create_clip_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ECLIP",
+    "ECLIP_MODELS",
+    "HeatmapProcessor",
+    "adapt_input_channels",
+    "build_eclip",
+    "create_clip_model",
+    "random_blob_heatmaps",
+]

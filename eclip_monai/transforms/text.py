@@ -20,6 +20,7 @@ from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 
 from eclip_monai.data.reports import DEFAULT_SECTIONS, extract_report_text
 from eclip_monai.errors import CXRDataError
+from eclip_monai.networks import model_configs  # noqa: F401  (registers the eclip-* names with open_clip)
 
 __all__ = ["ExtractReportSectiond", "TokenizeText", "TokenizeTextd", "build_tokenizer"]
 
@@ -116,7 +117,7 @@ def build_tokenizer(model_name: str | None = None, hf_tokenizer_name: str | None
         config = open_clip.get_model_config(identifier)
         if config is None:
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() (the "
-                             "eclip-* configs are registered by importing eclip_monai.networks)")
+                             "eclip-* configs are registered by eclip_monai.networks.model_configs)")
         hf_name = config.get("text_cfg", {}).get("hf_tokenizer_name")
         if hf_name and not os.path.isdir(hf_name):
             raise ValueError(f"{model_name!r} tokenizes with Hugging Face {hf_name!r}, which is not "
