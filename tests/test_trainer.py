@@ -390,7 +390,6 @@ def _train_ddp(rank: str, init_file: str, result: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
     checkpoints = tmp_path / "ckpt"
     victim = _launch("train", checkpoints, tmp_path / "never.pt", "", 0.3)
@@ -410,7 +409,6 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
     assert all(torch.equal(v, resumed[k]) for k, v in full.network.state_dict().items())
 
 
-@pytest.mark.slow
 def test_ddp_ranks_with_different_bad_samples_train_in_step(tmp_path):
     ranks = [_launch("ddp", rank, tmp_path / "init", tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]

@@ -4,6 +4,11 @@ Relevance is by *group*: a query hits at k when any of its top-k candidates shar
 image→text retrieval over unique reports the group of an image is the id of its report text; for text→image
 the group of a unique report is the same id, and every image with that report is relevant. Group ids are
 integers (``report_group_id`` hashes report text) so they can be all-gathered under ``torch.distributed``.
+
+Two exact top-k searches give the same neighbours (up to the order of tied scores): ``chunked_topk`` in torch
+(any device) and ``faiss_topk`` over a ``faiss.IndexFlatIP``; both keep memory at one block of similarities
+(faiss blocks internally), never the full queries × candidates matrix. ``topk_search(backend="auto")`` picks
+faiss for large CPU searches, where ``scripts/bench_retrieval.py`` measures it faster.
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import ignite.distributed as idist
+import faiss
+import numpy as np
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
+
+from eclip_monai.metrics.gathered import GatheredMetric
+
+FAISS_MIN_PAIRS = 4_000_000  # queries × candidates above which faiss beats the torch loop on CPU
 
 
 def report_group_id(text: str) -> int:
@@ -25,7 +33,7 @@ def report_group_id(text: str) -> int:
 
 @torch.no_grad()
 def chunked_topk(
-    queries: torch.Tensor, candidates: torch.Tensor, k: int, query_chunk: int = 1024, candidate_chunk: int = 65536
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, query_chunk: int = 512, candidate_chunk: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` inner-product scores and indices of each query, holding at most one
     ``query_chunk × candidate_chunk`` block of similarities at a time (plus the running top-k)."""
@@ -46,16 +54,45 @@ def chunked_topk(
     return torch.cat(all_vals), torch.cat(all_idx)
 
 
+@torch.no_grad()
+def faiss_topk(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` inner-product scores and indices from an exact ``faiss.IndexFlatIP`` (CPU, float32), run on as
+    many threads as torch uses; results come back on the queries' device."""
+    k = min(k, candidates.shape[0])
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexFlatIP(candidates.shape[1])
+    index.add(np.ascontiguousarray(candidates.detach().float().cpu().numpy()))
+    scores, idx = index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
+    return torch.from_numpy(scores).to(queries.device), torch.from_numpy(idx).long().to(queries.device)
+
+
+def topk_search(
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, backend: str = "auto", **chunk_kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` by inner product with ``backend`` "torch" (:func:`chunked_topk`), "faiss"
+    (:func:`faiss_topk`) or "auto": faiss for CPU tensors with at least ``FAISS_MIN_PAIRS`` query-candidate
+    pairs, torch otherwise (GPU tensors stay on the GPU)."""
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    if backend == "auto":
+        large = queries.shape[0] * candidates.shape[0] >= FAISS_MIN_PAIRS
+        backend = "faiss" if large and queries.device.type == candidates.device.type == "cpu" else "torch"
+    if backend == "faiss":
+        return faiss_topk(queries, candidates, k)
+    return chunked_topk(queries, candidates, k, **chunk_kwargs)
+
+
 def recall_at_k(
     queries: torch.Tensor,
     query_groups: torch.Tensor,
     candidates: torch.Tensor,
     candidate_groups: torch.Tensor,
     ks: Sequence[int] = (1, 5, 10),
+    backend: str = "auto",
     **chunk_kwargs,
 ) -> dict[int, float]:
     """Fraction of queries with a same-group candidate among their top-k, for each k in ``ks``."""
-    _, idx = chunked_topk(queries, candidates, max(ks), **chunk_kwargs)
+    _, idx = topk_search(queries, candidates, max(ks), backend, **chunk_kwargs)
     hits = candidate_groups.to(idx.device)[idx] == query_groups.to(idx.device)[:, None]
     return {k: hits[:, :k].any(1).float().mean().item() for k in ks}
 
@@ -69,16 +106,20 @@ def unique_by_group(features: torch.Tensor, groups: torch.Tensor) -> tuple[torch
 
 
 def cross_modal_recall(
-    image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    groups: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    backend: str = "auto",
 ) -> dict[str, float]:
     """Image→text R@k over unique reports and text→image R@k over all images (keys ``i2t_R@k``, ``t2i_R@k``)."""
     texts, text_groups = unique_by_group(text_features, groups)
-    i2t = recall_at_k(image_features, groups, texts, text_groups, ks)
-    t2i = recall_at_k(texts, text_groups, image_features, groups, ks)
+    i2t = recall_at_k(image_features, groups, texts, text_groups, ks, backend)
+    t2i = recall_at_k(texts, text_groups, image_features, groups, ks, backend)
     return {**{f"i2t_R@{k}": v for k, v in i2t.items()}, **{f"t2i_R@{k}": v for k, v in t2i.items()}}
 
 
-class CrossModalRecall(Metric):
+class CrossModalRecall(GatheredMetric):
     """Ignite metric: R@k of image→text (``direction="i2t"``), text→image (``"t2i"``) or their mean (``"mean"``).
 
     Expects the engine output (after ``output_transform``) to be ``(image_features, text_features, groups)``.
@@ -91,23 +132,8 @@ class CrossModalRecall(Metric):
         self.k, self.direction = k, direction
         super().__init__(output_transform=output_transform, device=device)
 
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._img, self._txt, self._grp = [], [], []
-
-    @reinit__is_reduced
-    def update(self, output) -> None:
-        img, txt, grp = output
-        self._img.append(img.detach().float().cpu())
-        self._txt.append(txt.detach().float().cpu())
-        self._grp.append(torch.as_tensor(grp, dtype=torch.long).cpu())
-
     def compute(self) -> float:
-        if not self._img:
-            raise RuntimeError("CrossModalRecall needs at least one batch before compute()")
-        img, txt, grp = (torch.cat(x) for x in (self._img, self._txt, self._grp))
-        if idist.get_world_size() > 1:
-            img, txt, grp = (idist.all_gather(x) for x in (img, txt, grp))
-        scores = cross_modal_recall(img, txt, grp, ks=(self.k,))
+        img, txt, grp = self.gathered()
+        scores = cross_modal_recall(img, txt, grp.long(), ks=(self.k,))
         i2t, t2i = scores[f"i2t_R@{self.k}"], scores[f"t2i_R@{self.k}"]
         return {"i2t": i2t, "t2i": t2i, "mean": (i2t + t2i) / 2}[self.direction]
