@@ -1,0 +1,35 @@
+"""``make_phantom_data`` / ``eclip-phantom``: write the phantom world from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from eclip_monai.data.phantom.generate import ensure_phantom, generate_phantom
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="folder to write the datasets into")
+    parser.add_argument("--studies", type=int, default=1000, help="MIMIC-CXR studies to draw")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="processes (the output does not depend on it)")
+    parser.add_argument("--egd-fraction", type=float, default=0.1, help="train frontal share in EGD-CXR")
+    parser.add_argument("--reflacx-fraction", type=float, default=0.1, help="train frontal share in REFLACX")
+    parser.add_argument("--eval-size", type=int, default=50, help="images per evaluation set (0: none)")
+    parser.add_argument("--force", action="store_true", help="regenerate even if the folder already matches")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    options = dict(studies=args.studies, seed=args.seed, workers=args.workers, egd_fraction=args.egd_fraction,
+                   reflacx_fraction=args.reflacx_fraction, eval_size=args.eval_size,
+                   progress=not args.no_progress)
+    if args.force:
+        summary = generate_phantom(args.out, **options)
+    else:
+        done = ensure_phantom(args.out, **options) / "phantom_done.json"
+        summary = json.loads(done.read_text())["summary"]
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
