@@ -6,9 +6,10 @@ the group of a unique report is the same id, and every image with that report is
 integers (``report_group_id`` hashes report text) so they can be all-gathered under ``torch.distributed``.
 
 Two exact top-k searches give the same neighbours (up to the order of tied scores): ``chunked_topk`` in torch
-(any device) and ``faiss_topk`` over a ``faiss.IndexFlatIP``; both keep memory at one block of similarities
-(faiss blocks internally), never the full queries × candidates matrix. ``topk_search(backend="auto")`` picks
-faiss for large CPU searches, where ``scripts/bench_retrieval.py`` measures it faster.
+(any device) and ``faiss_topk``, faiss's flat inner-product search (``IndexFlatIP``'s kernel). Both hold one
+block of similarities at a time (faiss blocks internally), never the full queries × candidates matrix.
+``topk_search(backend="auto")`` picks faiss for large CPU searches, where ``scripts/bench_retrieval.py``
+measures it faster.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from eclip_monai.metrics.gathered import GatheredMetric
 
-FAISS_MIN_PAIRS = 4_000_000  # queries × candidates above which faiss beats the torch loop on CPU
+FAISS_MIN_PAIRS = 1_000_000  # queries × candidates from which faiss beats the torch loop on CPU (measured)
 
 
 def report_group_id(text: str) -> int:
@@ -33,10 +34,15 @@ def report_group_id(text: str) -> int:
 
 @torch.no_grad()
 def chunked_topk(
-    queries: torch.Tensor, candidates: torch.Tensor, k: int, query_chunk: int = 512, candidate_chunk: int = 8192
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    query_chunk: int = 512,
+    candidate_chunk: int = 8192,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` inner-product scores and indices of each query, holding at most one
-    ``query_chunk × candidate_chunk`` block of similarities at a time (plus the running top-k)."""
+    ``query_chunk × candidate_chunk`` block of similarities at a time (16 MiB by default) plus the running
+    top-k."""
     k = min(k, candidates.shape[0])
     all_vals, all_idx = [], []
     for q0 in range(0, queries.shape[0], query_chunk):
@@ -56,13 +62,17 @@ def chunked_topk(
 
 @torch.no_grad()
 def faiss_topk(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` inner-product scores and indices from an exact ``faiss.IndexFlatIP`` (CPU, float32), run on as
-    many threads as torch uses; results come back on the queries' device."""
+    """Top-``k`` inner-product scores and indices by faiss's exact flat search (CPU, float32), on as many
+    threads as torch uses; results come back on the queries' device.
+
+    ``faiss.knn`` runs the search of a ``faiss.IndexFlatIP`` without first copying the candidates into an
+    index, which would cost another N × D × 4 bytes (2 GiB for a million 512-d candidates).
+    """
     k = min(k, candidates.shape[0])
     faiss.omp_set_num_threads(torch.get_num_threads())
-    index = faiss.IndexFlatIP(candidates.shape[1])
-    index.add(np.ascontiguousarray(candidates.detach().float().cpu().numpy()))
-    scores, idx = index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
+    query_array, candidate_array = (np.ascontiguousarray(x.detach().float().cpu().numpy())
+                                    for x in (queries, candidates))
+    scores, idx = faiss.knn(query_array, candidate_array, k, metric=faiss.METRIC_INNER_PRODUCT)
     return torch.from_numpy(scores).to(queries.device), torch.from_numpy(idx).long().to(queries.device)
 
 
@@ -94,7 +104,7 @@ def recall_at_k(
     """Fraction of queries with a same-group candidate among their top-k, for each k in ``ks``."""
     _, idx = topk_search(queries, candidates, max(ks), backend, **chunk_kwargs)
     hits = candidate_groups.to(idx.device)[idx] == query_groups.to(idx.device)[:, None]
-    return {k: hits[:, :k].any(1).float().mean().item() for k in ks}
+    return {k: hits[:, :k].any(1).double().mean().item() for k in ks}
 
 
 def unique_by_group(features: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +122,7 @@ def cross_modal_recall(
     ks: Sequence[int] = (1, 5, 10),
     backend: str = "auto",
 ) -> dict[str, float]:
-    """Image→text R@k over unique reports and text→image R@k over all images (keys ``i2t_R@k``, ``t2i_R@k``)."""
+    """Image→text R@k over unique reports and text→image R@k over all images (``i2t_R@k``, ``t2i_R@k``)."""
     texts, text_groups = unique_by_group(text_features, groups)
     i2t = recall_at_k(image_features, groups, texts, text_groups, ks, backend)
     t2i = recall_at_k(texts, text_groups, image_features, groups, ks, backend)
@@ -120,7 +130,7 @@ def cross_modal_recall(
 
 
 class CrossModalRecall(GatheredMetric):
-    """Ignite metric: R@k of image→text (``direction="i2t"``), text→image (``"t2i"``) or their mean (``"mean"``).
+    """Ignite metric: R@k of image→text (``direction="i2t"``), text→image (``"t2i"``) or their mean ("mean").
 
     Expects the engine output (after ``output_transform``) to be ``(image_features, text_features, groups)``.
     Features are gathered from all ranks before scoring, so the value is the same under DDP as on one process.

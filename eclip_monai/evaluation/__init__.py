@@ -1,0 +1,26 @@
+"""Evaluation of a trained network: embed the evaluation sets, run every metric, write tables and figures."""
+
+from eclip_monai.evaluation.embed import (
+    Embeddings,
+    embed_dataset,
+    embed_texts,
+    eval_image_transforms,
+    load_checkpoint,
+    prompt_class_embeddings,
+)
+from eclip_monai.evaluation.figures import plot_class_similarity, plot_modality_gap, plot_retrieval_gallery
+from eclip_monai.evaluation.run import run_evaluation, write_results
+
+__all__ = [
+    "Embeddings",
+    "embed_dataset",
+    "embed_texts",
+    "eval_image_transforms",
+    "load_checkpoint",
+    "plot_class_similarity",
+    "plot_modality_gap",
+    "plot_retrieval_gallery",
+    "prompt_class_embeddings",
+    "run_evaluation",
+    "write_results",
+]

@@ -1,0 +1,68 @@
+"""Zero-shot classification: an image gets the class whose prompt-ensemble text embedding is closest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from eclip_monai.metrics.classification import classification_metrics
+from eclip_monai.metrics.gathered import GatheredMetric
+
+
+def class_embeddings(prompt_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(C, D) class embeddings from one (P_c, D) tensor of prompt embeddings per class: the mean of the
+    L2-normalised prompt embeddings, renormalised (an ensemble, so no single phrasing dominates)."""
+    return F.normalize(torch.stack([F.normalize(p.float(), dim=-1).mean(0) for p in prompt_features]), dim=-1)
+
+
+def zero_shot_scores(
+    image_features: torch.Tensor,
+    class_features: torch.Tensor,
+    logit_scale: float = 100.0,
+    multilabel: bool = False,
+) -> torch.Tensor:
+    """(N, C) scores: softmax over classes of ``logit_scale`` × cosine similarity, or for ``multilabel`` the
+    cosine similarities themselves (each class is judged on its own, so no softmax couples them)."""
+    sims = F.normalize(image_features.float(), dim=-1) @ class_features.float().T
+    return sims if multilabel else (logit_scale * sims).softmax(-1)
+
+
+def zero_shot_classification(
+    image_features: torch.Tensor,
+    class_features: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: float = 100.0,
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and AUROC for class indices (N,); AUROC alone for multi-hot labels (N, C), whose
+    similarities carry no decision threshold."""
+    labels = torch.as_tensor(labels)
+    scores = zero_shot_scores(image_features, class_features, logit_scale, multilabel=labels.ndim == 2)
+    return classification_metrics(labels, scores)
+
+
+class ZeroShotClassification(GatheredMetric):
+    """Ignite metric: zero-shot ``metric`` ("accuracy", "macro_f1", "auroc"; ``None`` for all as a dict).
+
+    Expects the engine output (after ``output_transform``) to be ``(image_features, labels)``.
+
+    Args:
+        class_features: (C, D) class embeddings, e.g. from :func:`class_embeddings`.
+        logit_scale: softmax temperature of the single-label scores (the network's ``logit_scale()``).
+    """
+
+    def __init__(self, class_features: torch.Tensor, metric: str | None = "accuracy",
+                 logit_scale: float = 100.0, output_transform=lambda x: x, device="cpu"):
+        self.class_features = class_features.detach().cpu()
+        self.metric, self.logit_scale = metric, logit_scale
+        super().__init__(output_transform=output_transform, device=device)
+
+    def compute(self) -> float | dict[str, float]:
+        image_features, labels = self.gathered()
+        result = zero_shot_classification(image_features, self.class_features, labels, self.logit_scale)
+        if self.metric is None:
+            return result
+        if self.metric not in result:
+            raise ValueError(f"metric {self.metric!r} is not available here; available: {sorted(result)}")
+        return result[self.metric]
