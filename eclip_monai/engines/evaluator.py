@@ -7,13 +7,13 @@ identifies each sample's report text so duplicate reports count as one retrieval
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 
+from eclip_monai.engines.trainer import _to_device
 from eclip_monai.metrics.retrieval import report_group_id
 
 __all__ = ["ECLIPEvaluator"]
@@ -35,13 +35,10 @@ class ECLIPEvaluator(SupervisedEvaluator):
                          **kwargs)
         self.image_key, self.text_key, self.report_key = image_key, text_key, report_key
 
-    def _move(self, value):
-        if isinstance(value, Mapping):
-            return {k: self._move(v) for k, v in value.items()}
-        return value.to(self.state.device, non_blocking=self.non_blocking, **self.to_kwargs)
-
     def _iteration(self, engine: ECLIPEvaluator, batchdata: dict[str, Any]) -> dict:
-        image, text = self._move(batchdata[self.image_key]), self._move(batchdata[self.text_key])
+        move = dict(non_blocking=self.non_blocking, **self.to_kwargs)
+        image = _to_device(batchdata[self.image_key], self.state.device, **move)
+        text = _to_device(batchdata[self.text_key], self.state.device, **move)
         groups = torch.tensor([report_group_id(r) for r in batchdata[self.report_key]], dtype=torch.long)
         engine.network.eval()
         with torch.no_grad(), torch.autocast(self.state.device.type, enabled=bool(engine.amp), **engine.amp_kwargs):
