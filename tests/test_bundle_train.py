@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "bundle/configs/train.json", ROOT / "configs/tiny_cpu.json"]
-SMALL = {"image_size": 64, "batch_size": 8, "phantom_studies": 48, "num_workers": 0, "val_interval": 1}
+SMALL = {"image_size": 64, "batch_size": 8, "generate_phantom": False, "num_workers": 0, "val_interval": 1}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def phantom(tmp_path_factory):
     from eclip_monai.data.phantom import generate_phantom
 
     root = tmp_path_factory.mktemp("phantom")
-    generate_phantom(root, studies=SMALL["phantom_studies"], seed=0, workers=1, eval_size=4, progress=False)
+    generate_phantom(root, studies=48, seed=0, workers=1, eval_size=4, progress=False)
     return root
 
 
@@ -85,3 +85,26 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(phantom, tmp_pa
     assert a["curriculum"] == b["curriculum"] and a["expert_stream"] == b["expert_stream"]
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
+
+
+def test_multi_gpu_config_runs_under_torchrun_with_gloo_on_cpu(phantom, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "--config_file",
+           str([str(c) for c in [*CONFIGS, ROOT / "bundle/configs/multi_gpu_train.json"]])]
+    for key, value in {**SMALL, "dataset_dir": phantom, "runs_dir": tmp_path / "runs", "max_epochs": 1}.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_dir = tmp_path / "runs" / "eclip_tiny"
+    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in final["network"])  # the bare network, loadable anywhere
+    single_rank_steps = len(SMALL_TRAIN_ITEMS(phantom)) // SMALL["batch_size"]
+    assert final["trainer"]["iteration"] == single_rank_steps // 2  # each rank sees half of the data
+    assert "val_mean_R@1" in scalars(run_dir)
+
+
+def SMALL_TRAIN_ITEMS(phantom):
+    from eclip_monai.data import build_mimic_datalist
+
+    return build_mimic_datalist(Path(phantom) / "mimic-cxr", splits=["train"])

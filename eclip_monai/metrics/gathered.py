@@ -6,6 +6,7 @@ import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
+from monai.utils import evenly_divisible_all_gather
 
 
 class GatheredMetric(Metric):
@@ -26,6 +27,7 @@ class GatheredMetric(Metric):
         if not self._batches:
             raise RuntimeError(f"{type(self).__name__} needs at least one batch before compute()")
         parts = [torch.cat(columns) for columns in zip(*self._batches)]
-        if idist.get_world_size() > 1:
-            parts = [idist.all_gather(p) for p in parts]
+        if idist.get_world_size() > 1:  # ranks may hold different numbers of samples (no padded duplicates)
+            device = idist.device()
+            parts = [evenly_divisible_all_gather(p.to(device), concat=True).cpu() for p in parts]
         return parts
