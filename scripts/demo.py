@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def overlay_figure(dataset_dir: Path, out: Path) -> Path:
     heatmap = FixationsToHeatmap(sigma=1.0, sigma_unit="deg", default_pixels_per_degree=20.0)(
         item["fixations"], image.shape[1:], pixels_per_degree=item["pixels_per_degree"])
     path = out / "gaze_overlay.png"
-    save_overlay_png(image, heatmap, path, fixations=item["fixations"], title=item["report"][:90])
+    title = textwrap.shorten(item["report"], 60, placeholder="…")
+    save_overlay_png(image, heatmap, path, fixations=item["fixations"], title=title)
     return path
 
 

@@ -291,3 +291,24 @@ def test_vit_b16_paper_config_embeds_grayscale_224_images_in_512_dimensions():
         text_features = F.normalize(model.encode_text(tokens), dim=-1)
     _assert_unit_rows(image_features, 512)
     _assert_unit_rows(text_features, 512)
+
+
+def test_tiny_cnn_config_embeds_grayscale_images():
+    from eclip_monai.networks import build_eclip
+
+    net = build_eclip(model_name="eclip-tiny-cnn", image_size=64, hp_dim=32, hp_heads=2)
+    features = net.encode_image(torch.rand(2, 1, 64, 64))
+    assert features.shape == (2, 256)
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(2))
+
+
+def test_locked_packaged_text_tower_trains_only_its_projection():
+    from eclip_monai.networks import build_eclip, packaged_text_model_dir
+
+    net = build_eclip(model_name="eclip-tiny-minilm", image_size=64, experts=False,
+                      hf_model_name=packaged_text_model_dir(), lock_text=True)
+    text = net.clip.text
+    assert not any(p.requires_grad for p in text.transformer.parameters())
+    assert all(p.requires_grad for p in text.proj.parameters())
+    trained = {id(p) for group in net.param_groups(1e-4, 1e-3) for p in group["params"]}
+    assert not any(id(p) in trained for p in text.transformer.parameters())

