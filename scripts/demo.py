@@ -86,8 +86,9 @@ def curriculum_figure(run_dir: Path, out: Path) -> Path:
     import numpy as np
 
     data = scalars(run_dir)
-    steps, p = zip(*data["expert_p"])
-    _, used = zip(*data["expert_used"])
+    steps, used = zip(*data["expert_used"])  # iteration-level scalars only
+    p_at = dict(data["expert_p"])
+    p = [p_at[s] for s in steps]
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
     ax.plot(steps, p, label="expert probability p")
     window = max(1, len(used) // 20)
@@ -106,7 +107,7 @@ def curriculum_figure(run_dir: Path, out: Path) -> Path:
 
 def summary(name: str, run_dir: Path) -> dict:
     data = scalars(run_dir)
-    loss = [v for _, v in data.get("loss", [])]
+    loss = [v for _, v in data.get("loss_clip", [])]  # without the priming term, comparable across runs
     val = [v for _, v in data.get("val_mean_R@1", [])]
     k = max(1, len(loss) // 10)
     return {
@@ -144,7 +145,7 @@ def main(argv=None) -> None:
     results = [summary(name, run_dir) for name, run_dir in runs.items()]
     (ROOT / args.runs_dir / "summary.json").write_text(json.dumps(results, indent=2))
     print("\n=== results on the phantom validation split ===")
-    print(f"{'run':<15}{'train loss first→last':>24}{'val mean R@1 ep1→best':>24}{'expert batches':>16}")
+    print(f"{'run':<15}{'InfoNCE first→last':>24}{'val mean R@1 ep1→best':>24}{'expert batches':>16}")
     for r in results:
         loss = f"{r['train_loss_first']:.3f} → {r['train_loss_last']:.3f}" if r["train_loss_first"] else "-"
         val = f"{r['val_mean_R@1_first_epoch']:.3f} → {r['val_mean_R@1_best']:.3f}" if r["val_mean_R@1_best"] else "-"
