@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SIDES = ("right", "left")
-AIR_DARKENING = 0.3  # how much darker aerated lung is than the soft tissue around it
+AIR_DARKENING = 0.45  # how much darker aerated lung is than the soft tissue around it
 
 
 def ramp(x: np.ndarray) -> np.ndarray:

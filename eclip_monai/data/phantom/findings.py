@@ -153,9 +153,11 @@ def _effusion(chest, layers, rng, spec, side):
     """Fluid in the costophrenic recess with a meniscus that climbs the lateral wall."""
     u, _, _ = lung_bounds(chest, side)
     height = chest.height(side)
-    recess = float(chest.diaphragm(side, np.float32(0.93)))  # the costophrenic angle's row
+    # The meniscus is measured up from the hemidiaphragm under each column, so the fluid lies over the lung
+    # base (filling the costophrenic angle first) instead of below the dome where no lung is seen.
+    floor = chest.diaphragm(side, np.clip(u, 0, 1).astype(np.float32))
     level = height * _grade(spec, (0.09, 0.18, 0.3)) * rng.uniform(0.85, 1.15)
-    top = recess - level * (0.45 + 0.55 * np.clip(u / 0.95, 0, 1) ** 2)
+    top = floor - level * (0.45 + 0.55 * np.clip(u / 0.95, 0, 1) ** 2)
     fluid = ramp((chest.Y - top) / 2.0) * (u > 0)
     layers.opacity += fluid * (0.55 + 0.35 * np.clip((chest.Y - top) / (0.15 * height), 0, 1))
     return _box_ellipse(fluid * layers.lungs)
@@ -217,7 +219,7 @@ def _consolidation(chest, layers, rng, spec, side):
         twig = (xm + np.cos(angle + 0.6) * rx * 0.3, ym + np.sin(angle + 0.6) * ry * 0.3)
         draw.line([(xm, ym), twig], fill=255, width=1)
     bronchi = blurred_mask(canvas, 0.7)
-    layers.opacity += _grade(spec, (0.3, 0.42, 0.55)) * patch * (1 - 0.7 * bronchi)
+    layers.opacity += _grade(spec, (0.45, 0.6, 0.75)) * patch * (1 - 0.7 * bronchi)
     return x, y, rx, ry
 
 
@@ -240,7 +242,7 @@ def _edema(chest, layers, rng, spec, side):
     sx, sy = chest.half_width * rng.uniform(0.24, 0.3), chest.height(side) * rng.uniform(0.2, 0.26)
     haze = np.exp(-0.5 * (((chest.X - hx) / sx) ** 2 + ((chest.Y - hy) / sy) ** 2))
     texture = 0.75 + 0.25 * smooth_noise(rng, chest.rows, chest.cols, 3)
-    layers.opacity += _grade(spec, (0.25, 0.35, 0.45)) * haze * texture
+    layers.opacity += _grade(spec, (0.35, 0.5, 0.65)) * haze * texture
     return _box_ellipse(haze * layers.lungs * (chest.lateral(side) > 0), 0.35)
 
 
