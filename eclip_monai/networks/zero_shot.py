@@ -1,0 +1,111 @@
+"""Zero-shot finding classifier: a trained eCLIP as an image-only network with its text side precomputed.
+
+Each finding is judged on its own against its negation ("pleural effusion" vs "no pleural effusion"): the
+probability is the softmax over that pair of ``logit_scale × cosine``, so findings do not compete with each
+other and a study can have several. The prompt embeddings are computed once from the text tower and
+recomputed whenever weights are loaded, so the network is a plain image → tensor module for inference,
+TorchScript and ONNX export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.networks.eclip import ECLIP
+
+# Report wording of each CheXpert observation; a finding not listed here is prompted by its lower-cased name.
+FINDING_TERMS: dict[str, tuple[str, ...]] = {
+    "Atelectasis": ("atelectasis", "basilar atelectasis"),
+    "Cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette"),
+    "Consolidation": ("consolidation", "focal consolidation"),
+    "Edema": ("pulmonary edema", "interstitial edema"),
+    "Enlarged Cardiomediastinum": ("enlarged cardiomediastinum", "widened mediastinum"),
+    "Fracture": ("rib fracture", "fracture"),
+    "Lung Lesion": ("pulmonary nodule", "lung nodule"),
+    "Lung Opacity": ("lung opacity", "airspace opacity"),
+    "Pleural Effusion": ("pleural effusion", "effusion"),
+    "Pleural Other": ("pleural thickening",),
+    "Pneumonia": ("pneumonia",),
+    "Pneumothorax": ("pneumothorax", "apical pneumothorax"),
+    "Support Devices": ("support devices", "endotracheal tube"),
+}
+
+
+def finding_prompts(findings: Sequence[str], terms: Mapping[str, Sequence[str]] | None = None
+                    ) -> dict[str, tuple[list[str], list[str]]]:
+    """``finding -> (positive prompts, negative prompts)``: each term, and "no <term>"."""
+    terms = {**FINDING_TERMS, **(terms or {})}
+    prompts = {}
+    for finding in findings:
+        words = list(terms.get(finding, (finding.lower(),)))
+        if not words:
+            raise ValueError(f"finding {finding!r} has an empty list of prompt terms")
+        prompts[finding] = (words, [f"no {word}" for word in words])
+    return prompts
+
+
+class ZeroShotClassifier(nn.Module):
+    """Chest X-ray (N, C, H, W) → (N, F) finding probabilities; ``embed`` gives the retrieval embedding.
+
+    Holds the eCLIP model under the same attribute names (``clip``, ``heatmap_processor``), so a training or
+    bundle checkpoint of the eCLIP network loads into it strictly; the processor is unused here.
+
+    Args:
+        network: a (trained or to-be-loaded) ``ECLIP``.
+        tokenizer: the text tower's tokenizer (``transforms.build_tokenizer``).
+        findings: names of the findings to score, in output order.
+        terms: optional ``finding -> prompt terms`` overriding ``FINDING_TERMS``.
+    """
+
+    def __init__(self, network: ECLIP, tokenizer: Callable, findings: Sequence[str] = PHANTOM_FINDINGS,
+                 terms: Mapping[str, Sequence[str]] | None = None):
+        super().__init__()
+        if not findings:
+            raise ValueError("findings is empty; expected at least one finding name to score")
+        self.clip = network.clip
+        self.heatmap_processor = network.heatmap_processor
+        self.max_log_scale = network.max_log_scale
+        self.findings = list(findings)
+        self.tokenizer = tokenizer
+        self.prompts = finding_prompts(self.findings, terms)
+        dim = self._text_features(["x"]).shape[-1]
+        self.register_buffer("positive", torch.zeros(len(self.findings), dim), persistent=False)
+        self.register_buffer("negative", torch.zeros(len(self.findings), dim), persistent=False)
+        self.refresh_text_features()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_text_features())
+
+    @torch.no_grad()
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        device = self.clip.logit_scale.device
+        return F.normalize(self.clip.encode_text(self.tokenizer(list(texts)).to(device)).float(), dim=-1)
+
+    @torch.no_grad()
+    def refresh_text_features(self) -> None:
+        """Recompute the prompt-ensemble embeddings from the current text tower (mean of normalised prompts)."""
+        was_training = self.training
+        self.eval()
+        for row, (positive, negative) in enumerate(self.prompts.values()):
+            self.positive[row] = F.normalize(self._text_features(positive).mean(0), dim=-1)
+            self.negative[row] = F.normalize(self._text_features(negative).mean(0), dim=-1)
+        self.train(was_training)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, D) L2-normalised image embeddings, comparable with report embeddings for retrieval."""
+        return F.normalize(self.clip.encode_image(image), dim=-1)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) P(finding present) from normalised image features."""
+        features = features.to(self.positive.dtype)
+        pair = torch.stack([features @ self.positive.T, features @ self.negative.T], dim=-1)
+        return (self.logit_scale() * pair).softmax(-1)[..., 0]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(self.embed(image))
