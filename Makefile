@@ -10,10 +10,11 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: venv demo test test-all phantom bench clean
 
-$(STAMP): requirements-lock.txt pyproject.toml
+$(STAMP): requirements-lock.txt requirements-label.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -r requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-label.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 

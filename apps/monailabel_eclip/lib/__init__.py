@@ -1,0 +1,1 @@
+"""Infer tasks of the eCLIP MONAI Label app (``main.py`` wires them to the server)."""

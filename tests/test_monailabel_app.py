@@ -1,0 +1,254 @@
+"""The eCLIP MONAI Label app, served for real: ``monailabel start_server`` on loopback over phantom DICOMs,
+answers must equal the zero-shot classifier run in-process with the same weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.phantom import ensure_phantom
+from eclip_monai.errors import CXRDataError
+from eclip_monai.evaluation.embed import eval_image_transforms, load_checkpoint
+from eclip_monai.networks import build_eclip
+from eclip_monai.networks.zero_shot import ZeroShotClassifier
+from eclip_monai.rag.index import ReportIndex
+from eclip_monai.transforms import build_tokenizer
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("monailabel") is None,
+    reason="MONAI Label is not installed (pip install --no-deps -r requirements-label.txt)")
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "monailabel_eclip"
+MONAILABEL = Path(sys.executable).parent / "monailabel"
+MODEL, SIZE, STUDIES = "eclip-tiny-cnn", 112, 5
+START_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _load_app_module(name: str):
+    """An app module by file (its ``lib`` package is only on sys.path inside the server)."""
+    qualified = f"eclip_label_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, APP / "lib" / f"{name}.py")
+        sys.modules[qualified] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(sys.modules[qualified])
+    return sys.modules[qualified]
+
+
+def _reference(checkpoint: Path) -> ZeroShotClassifier:
+    network = build_eclip(model_name=MODEL, image_size=SIZE)
+    classifier = ZeroShotClassifier(network, build_tokenizer(MODEL), PHANTOM_FINDINGS)
+    return load_checkpoint(classifier, checkpoint).eval()
+
+
+class Server:
+    def __init__(self, url: str, studies: Path, reference: ZeroShotClassifier, index: ReportIndex):
+        self.url, self.studies, self.reference, self.index = url, studies, reference, index
+
+    def request(self, path: str, params: dict | None = None, **query) -> tuple[int, dict]:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
+        form = urllib.parse.urlencode({"params": json.dumps(params or {})}).encode()
+        data = None if path == "/info/" else form  # POST with MONAI Label's ``params`` form field
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def image(self, image_id: str) -> torch.Tensor:
+        item = eval_image_transforms(SIZE)({"image": str(self.studies / f"{image_id}.dcm")})
+        return item["image"].as_tensor()[None]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monailabel")
+    phantom = ensure_phantom(tmp / "phantom", studies=STUDIES, seed=0, workers=1, eval_size=2, progress=False)
+    studies = tmp / "studies"  # a flat folder, as MONAI Label's local datastore expects
+    studies.mkdir()
+    dicoms = sorted((phantom / "mimic-cxr" / "files").rglob("*.dcm"))
+    for dicom in dicoms:
+        shutil.copy(dicom, studies / dicom.name)
+    torch.manual_seed(0)
+    network = build_eclip(model_name=MODEL, image_size=SIZE)
+    checkpoint = tmp / "model.pt"
+    torch.save({"model": network.state_dict()}, checkpoint)
+    reports = [d.parent.with_suffix(".txt").read_text() for d in dicoms]
+    index = ReportIndex.load_or_build(tmp / "index", network, build_tokenizer(MODEL), reports,
+                                      checkpoint_path=checkpoint, ids=[d.parent.name for d in dicoms])
+    app = tmp / "app"  # the server writes logs/ into its app folder: keep them out of the repository
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "bin", "model", "__pycache__"))
+    port = _free_port()
+    env = dict(os.environ, PATH=f"{MONAILABEL.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=str(app / "compat"))
+    log = open(tmp / "server.log", "w")
+    process = subprocess.Popen(
+        [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies),
+         "--host", "127.0.0.1", "--port", str(port), "--conf", "checkpoint", str(checkpoint),
+         "--conf", "model_name", MODEL, "--conf", "image_size", str(SIZE), "--conf", "top_k", "3",
+         "--conf", "report_index", str(tmp / "index")],
+        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    served = Server(f"http://127.0.0.1:{port}", studies, _reference(checkpoint), index)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            if served.request("/info/")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    yield served
+    process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+    try:
+        code = process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("server did not stop within 60 s of SIGINT")
+    log.close()
+    assert code == 0, (tmp / "server.log").read_text()[-3000:]
+
+
+def _ids(server: Server) -> list[str]:
+    return sorted(p.stem for p in server.studies.glob("*.dcm"))
+
+
+def test_info_lists_the_two_models_and_the_dicom_studies(server):
+    status, info = server.request("/info/")
+    assert status == 200
+    assert info["models"]["eclip_findings"]["type"] == "classification"
+    assert info["models"]["eclip_findings"]["labels"] == list(PHANTOM_FINDINGS)
+    assert "eclip_similar" in info["models"]
+    assert info["datastore"]["total"] == STUDIES
+
+
+def test_findings_are_the_in_process_classifier_probabilities(server):
+    for image_id in _ids(server)[:2]:
+        status, result = server.request("/infer/eclip_findings", image=image_id, output="json")
+        assert status == 200, result
+        prediction = result["prediction"]
+        assert [p["label"] for p in prediction] == list(PHANTOM_FINDINGS)
+        scores = torch.tensor([p["score"] for p in prediction])
+        assert ((scores >= 0) & (scores <= 1)).all()
+        with torch.no_grad():
+            expected = server.reference(server.image(image_id))[0]
+        torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
+
+
+def test_similar_returns_the_k_nearest_other_studies_and_reports(server):
+    ids = _ids(server)
+    query = ids[0]
+    status, result = server.request("/infer/eclip_similar", params={"top_k": 2}, image=query, output="json")
+    assert status == 200, result
+    with torch.no_grad():
+        embeddings = {i: server.reference.embed(server.image(i))[0] for i in ids}
+    others = [i for i in ids if i != query]
+    cosine = torch.stack([embeddings[i] for i in others]) @ embeddings[query]
+    best = cosine.topk(2)
+    assert [n["image"] for n in result["neighbours"]] == [others[r] for r in best.indices]
+    torch.testing.assert_close(torch.tensor([n["score"] for n in result["neighbours"]]), best.values,
+                               atol=1e-4, rtol=0)
+    scores, rows = server.index.search(embeddings[query][None], 2)
+    assert [r["id"] for r in result["reports"]] == [server.index.ids[r] for r in rows[0]]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in result["reports"]]),
+                               torch.from_numpy(scores[0]), atol=1e-4, rtol=0)
+    _, default = server.request("/infer/eclip_similar", image=query, output="json")
+    assert len(default["neighbours"]) == 3  # --conf top_k 3
+
+
+def test_unknown_image_and_bad_top_k_are_client_errors_naming_them(server):
+    status, body = server.request("/infer/eclip_findings", image="no-such-study", output="json")
+    assert status == 404 and "no-such-study" in body["detail"]
+    status, body = server.request("/infer/eclip_similar", params={"top_k": "many"}, image=_ids(server)[0],
+                                  output="json")
+    assert status == 422 and "top_k" in body["detail"]
+
+
+def test_settings_name_the_conf_key_at_fault(tmp_path):
+    network = _load_app_module("network")
+    with pytest.raises(CXRDataError, match="checkpoint"):
+        network.AppSettings.from_conf({})
+    with pytest.raises(CXRDataError, match=str(tmp_path / "missing.pt")):
+        network.AppSettings.from_conf({"checkpoint": str(tmp_path / "missing.pt")})
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CXRDataError, match="image_size"):
+        network.AppSettings.from_conf({"checkpoint": str(foreign), "image_size": "big"})
+    with pytest.raises(CXRDataError, match="foreign.pt: model"):
+        network.checkpoint_has_processor(str(foreign))
+
+
+def test_report_index_of_other_weights_is_refused(tmp_path):
+    network = _load_app_module("network")
+    checkpoint, other = tmp_path / "model.pt", tmp_path / "other.pt"
+    torch.manual_seed(0)
+    eclip = build_eclip(model_name=MODEL, image_size=SIZE, experts=False)
+    torch.save({"model": eclip.state_dict()}, checkpoint)
+    torch.save({"model": {k: v + 1 for k, v in eclip.state_dict().items()}}, other)
+    ReportIndex.load_or_build(tmp_path / "index", eclip, build_tokenizer(MODEL), ["no effusion", "effusion"],
+                              checkpoint_path=other)
+    settings = network.AppSettings.from_conf({"checkpoint": str(checkpoint),
+                                              "report_index": str(tmp_path / "index")})
+    assert network.checkpoint_has_processor(settings.checkpoint) is False  # a CLIP baseline checkpoint
+    with pytest.raises(CXRDataError, match="checkpoint_sha256"):
+        network.load_report_index(settings, dim=256)
+
+
+SEG_ROUND_TRIP = """
+import numpy as np, pydicom, pydicom_seg, SimpleITK as sitk
+from pydicom.uid import SegmentationStorage
+source = pydicom.dcmread({path!r})
+# DICOM SEG needs volume geometry, which a projection radiograph lacks: give it a one-slice volume's
+source.ImagePositionPatient, source.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+source.PixelSpacing, source.SliceThickness = [0.2, 0.2], 1
+source.FrameOfReferenceUID = pydicom.uid.generate_uid()
+code = {{"CodeValue": "80891009", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Heart"}}
+segment = {{"labelID": 1, "SegmentDescription": "heart", "SegmentAlgorithmType": "AUTOMATIC",
+           "SegmentAlgorithmName": "test", "SegmentedPropertyCategoryCodeSequence": code,
+           "SegmentedPropertyTypeCodeSequence": code}}
+template = pydicom_seg.template.from_dcmqi_metainfo({{
+    "ContentCreatorName": "test", "SeriesDescription": "seg", "SeriesNumber": "300", "InstanceNumber": "1",
+    "segmentAttributes": [[segment]]}})
+mask = np.zeros((1, source.Rows, source.Columns), np.uint8)
+mask[0, 20:60, 30:90] = 1
+seg = pydicom_seg.MultiClassWriter(template=template).write(sitk.GetImageFromArray(mask), [source])
+assert seg.SOPClassUID == SegmentationStorage
+back = pydicom_seg.MultiClassReader().read(seg)
+assert int(back.data.sum()) == int(mask.sum()), (back.data.sum(), mask.sum())
+print("ok")
+"""
+
+
+def test_compat_hook_lets_pydicom_seg_write_dicom_seg_under_pydicom3(tmp_path):
+    """MONAI Label imports pydicom_seg, which imports a module pydicom 3 removed; the hook brings it back."""
+    dicom = sorted((ensure_phantom(tmp_path / "phantom", studies=1, seed=1, workers=1, eval_size=1,
+                                   progress=False) / "mimic-cxr" / "files").rglob("*.dcm"))[0]
+    script = SEG_ROUND_TRIP.format(path=str(dicom))
+    bare = subprocess.run([sys.executable, "-c", "import pydicom_seg"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert bare.returncode != 0 and "_storage_sopclass_uids" in bare.stderr
+    hooked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(APP / "compat")))
+    assert hooked.returncode == 0 and hooked.stdout.strip() == "ok", hooked.stderr
