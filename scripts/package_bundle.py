@@ -1,0 +1,193 @@
+"""Build the publishable MONAI bundle archive ``<name>_v<version>.zip`` from a trained checkpoint.
+
+    python scripts/package_bundle.py --checkpoint runs/eclip_tiny/checkpoints/model.pt \\
+        --config configs/tiny_cpu.json [--export ts onnx] [--weights_url URL] [--out dist]
+
+The archive holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml,
+``models/model.pt`` (the network's bare state dict, what ``inference.json`` loads) and the ``eclip_monai``
+package itself, so the bundle runs where only its ``required_packages_version`` are installed
+(``inference.json`` puts the bundle root on ``sys.path``). Name and version come from
+``configs/metadata.json`` (the name in snake case); the archive name is the Model Zoo's
+``<name>_v<version>.zip``.
+
+The architecture keys of the training overlays (``--config``: ``model_name``, ``image_size``, ``experts``) and
+any ``--set key=value`` are written into the packaged ``inference.json``; the checkpoint is then loaded
+strictly into the network that config builds, so a mismatch fails here rather than at a user's first run. The
+metadata's ``network_data_format`` follows the packaged input size, findings and embedding size. Exports run
+MONAI's own ``ckpt_export`` / ``onnx_export`` on the staged bundle, which also proves the vendored code runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from eclip_monai.errors import CXRDataError
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+PACKAGE = ROOT / "eclip_monai"
+ARCHITECTURE_KEYS = ("model_name", "hf_model_name", "image_size", "experts")
+SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "models", "eval", "input")
+
+
+def bundle_name(metadata: Mapping) -> str:
+    """``"eCLIP CXR"`` → ``"eclip_cxr"``: the folder and archive name of the bundle."""
+    return re.sub(r"[^0-9a-z]+", "_", str(metadata["name"]).lower()).strip("_")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The network weights of a training checkpoint: a bare state dict, ``{"model": ...}`` (best-metric
+    saver) or ``{"network": ...}`` (``final.pt``, ``checkpoint_epoch=N.pt``); DDP's ``module.`` is dropped."""
+    if not path.is_file():
+        raise CXRDataError("checkpoint not found; expected the weights written by training", path=path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "network"):
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CXRDataError("expected a state dict of tensors, or one under 'model' or 'network'", path=path,
+                           field="model")
+    return {name.removeprefix("module."): value for name, value in state.items()}
+
+
+def inference_overrides(overlays: list[Path], settings: list[str], config: Mapping) -> dict:
+    """Architecture keys from the training overlays, then every ``key=value`` (JSON, else a string)."""
+    overrides = {}
+    for overlay in overlays:
+        values = json.loads(overlay.read_text())
+        overrides.update({k: values[k] for k in ARCHITECTURE_KEYS if k in values})
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or key not in config:
+            raise CXRDataError(f"expected KEY=VALUE with KEY one of {sorted(config)}, found {setting!r}",
+                               field="--set")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if overrides.get("hf_model_name"):
+        raise CXRDataError("a Hugging Face text tower lives in a local directory that the archive would not "
+                           "carry; package models with open_clip text towers", field="hf_model_name")
+    return overrides
+
+
+def check_network(stage: Path, state: dict, checkpoint: Path) -> tuple[list[str], int, int]:
+    """Build ``network_def`` from the staged config and load ``state`` strictly; return the findings, the
+    image size and the embedding size."""
+    parser = ConfigParser()
+    parser.read_config(str(stage / "configs" / "inference.json"))
+    parser["bundle_root"] = str(stage)
+    network = parser.get_parsed_content("network_def")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        arch = {k: parser[k] for k in ARCHITECTURE_KEYS}
+        raise CXRDataError(f"the weights do not fit the network {arch} (pass the training overlay with "
+                           f"--config or set the keys with --set): {str(e).splitlines()[0]}", path=checkpoint,
+                           field="model") from e
+    size = int(parser["image_size"])
+    with torch.no_grad():
+        dim = network.eval().embed(torch.zeros(1, 1, size, size)).shape[-1]
+    return list(parser["findings"]), size, int(dim)
+
+
+def update_metadata(metadata: dict, findings: list[str], size: int, dim: int) -> dict:
+    formats = metadata["network_data_format"]
+    formats["inputs"]["image"]["spatial_shape"] = [size, size]
+    formats["outputs"]["pred"].update(num_channels=len(findings),
+                                      channel_def={str(i): f for i, f in enumerate(findings)})
+    formats["post_processed_outputs"]["findings"]["num_channels"] = len(findings)
+    formats["post_processed_outputs"]["embedding"]["num_channels"] = dim
+    metadata["pred_classes"] = re.sub(r"the configured findings are .*", "the configured findings are "
+                                      + ", ".join(findings), metadata["pred_classes"])
+    return metadata
+
+
+def export(kind: str, stage: Path, size: int) -> None:
+    """MONAI's own exporter on the staged bundle (traced: the open_clip towers do not script)."""
+    command, target = {"ts": ("ckpt_export", "model.ts"), "onnx": ("onnx_export", "model.onnx")}[kind]
+    cmd = [sys.executable, "-m", "monai.bundle", command, "network_def",
+           "--filepath", str(stage / "models" / target), "--ckpt_file", str(stage / "models" / "model.pt"),
+           "--meta_file", str(stage / "configs" / "metadata.json"),
+           "--config_file", str(stage / "configs" / "inference.json"), "--bundle_root", str(stage),
+           "--input_shape", str([1, 1, size, size])]
+    if kind == "ts":
+        cmd += ["--use_trace", "True"]
+    done = subprocess.run(cmd, cwd=stage.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
+def write_large_files(stage: Path, weights_url: str) -> None:
+    """One zoo ``large_files.yml`` entry per file in ``models/``, with its md5 and release URL."""
+    entries = []
+    for path in sorted((stage / "models").iterdir()):
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        url = f"{weights_url.rstrip('/')}/{path.name}" if weights_url else ""
+        entries.append({"path": f"models/{path.name}", "url": url, "hash_val": md5, "hash_type": "md5"})
+    (stage / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
+
+
+def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings: list[str] = (),
+            exports: list[str] = (), weights_url: str = "") -> Path:
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    name, version = bundle_name(metadata), metadata["version"]
+    if version not in metadata.get("changelog", {}):
+        raise CXRDataError(f"expected a changelog entry for version {version}", path=BUNDLE / "configs" /
+                           "metadata.json", field="changelog")
+    state = read_state_dict(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / name
+        shutil.copytree(BUNDLE, stage, ignore=SKIP)
+        shutil.copytree(PACKAGE, stage / "eclip_monai", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        config_path = stage / "configs" / "inference.json"
+        config = json.loads(config_path.read_text())
+        config.update(inference_overrides(list(overlays), list(settings), config))
+        config_path.write_text(json.dumps(config, indent=4) + "\n")
+        (stage / "models").mkdir()
+        torch.save(state, stage / "models" / "model.pt")
+        findings, size, dim = check_network(stage, state, checkpoint)
+        metadata = update_metadata(metadata, findings, size, dim)
+        (stage / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4) + "\n")
+        for kind in exports:
+            export(kind, stage, size)
+        write_large_files(stage, weights_url)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        archive = shutil.make_archive(str(out_dir / f"{name}_v{version}"), "zip", root_dir=tmp, base_dir=name)
+    return Path(archive)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint with the weights")
+    parser.add_argument("--config", type=Path, action="append", default=[],
+                        help="training overlay(s) whose model_name / image_size / experts the weights need")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a top-level key of inference.json, e.g. image_size=112")
+    parser.add_argument("--export", nargs="*", choices=("ts", "onnx"), default=[],
+                        help="also ship models/model.ts (TorchScript) and/or models/model.onnx")
+    parser.add_argument("--weights_url", default="", help="release URL the models/ files will be served from")
+    parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output folder (default dist/)")
+    args = parser.parse_args(argv)
+    archive = package(args.checkpoint, args.out, args.config, args.set, args.export, args.weights_url)
+    print(archive)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
