@@ -31,6 +31,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## make bench: every benchmark against its named reference -> docs/performance.{md,json} (15-30 min on 2 cores)
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_all.py
+
 phantom: $(STAMP)
 	$(BIN)/python scripts/make_phantom_data.py --out $(DATA) --studies 1000 --seed 0
 

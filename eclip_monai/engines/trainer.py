@@ -225,9 +225,11 @@ class ECLIPTrainer(SupervisedTrainer):
             "logit_scale": scale,
             "grad_norm": grad_norm,
         }
+        # one device-to-host copy for all of them: a float() per value would synchronise a GPU eight times
+        host = torch.stack([v.detach().reshape(()) for v in values.values()]).tolist()
         return self._output(
             engine,
-            **{k: float(v.detach()) for k, v in values.items()},
+            **dict(zip(values, host)),
             skipped=0,
             n_main=n_main,
             n_expert=n_expert,
