@@ -571,11 +571,7 @@ def _inference_section(inf: dict, title: str, level: str = "##") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = bc.script_parser(__doc__)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
     mode.add_argument(

@@ -7,6 +7,8 @@ so machine load and clock drift hit both sides alike: contenders are timed in in
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import platform
@@ -127,3 +129,14 @@ def write_json(path: str | os.PathLike | None, payload: dict) -> None:
 
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: the docstring's first paragraph as description, the whole as epilog."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+
+
+def print_targets(targets: dict) -> None:
+    for key, t in targets.items():
+        print(f"target {key}: {t['value']:.3g} {t['target']} -> {'MET' if t['met'] else 'MISSED'}")

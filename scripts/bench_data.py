@@ -356,16 +356,11 @@ def print_table(result: dict) -> None:
         "and "
         f"{100 * lo['load_share_of_eclip_expert_step']:.1f} % to an eCLIP step with an expert batch"
     )
-    for key, t in result["targets"].items():
-        print(f"target {key}: {t['value']:.3g} {t['target']} -> {'MET' if t['met'] else 'MISSED'}")
+    bc.print_targets(result["targets"])
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = bc.script_parser(__doc__)
     p.add_argument("--data-dir", default="data/bench_phantom", help="phantom dataset (generated if absent)")
     p.add_argument("--studies", type=int, default=150)
     p.add_argument("--image-size", type=int, default=224)

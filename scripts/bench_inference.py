@@ -229,11 +229,7 @@ def print_table(result: dict) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = bc.script_parser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (skipped with a note when CUDA is absent)")
     p.add_argument("--model", default="eclip-tiny")
     p.add_argument("--image-size", type=int, default=224)

@@ -400,16 +400,11 @@ def print_table(result: dict) -> None:
                 else ""
             )
         )
-    for key, t in result["targets"].items():
-        print(f"target {key}: {t['value']:.3f} {t['target']} -> {'MET' if t['met'] else 'MISSED'}")
+    bc.print_targets(result["targets"])
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    p = bc.script_parser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (skipped with a note when CUDA is absent)")
     p.add_argument(
         "--model",
