@@ -445,15 +445,7 @@ def _retrieval_section(rv: dict, matmul: dict | None) -> list[str]:
         "",
         bc.format_table(
             rows,
-            [
-                "candidates",
-                "search",
-                "median s",
-                "GFLOP/s",
-                "peak extra MiB",
-                "of full matrix",
-                "time vs faiss",
-            ],
+            bench_retrieval.TABLE_COLUMNS,
         ),
         "",
     ]
