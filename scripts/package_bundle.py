@@ -36,6 +36,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from eclip_monai.errors import CXRDataError
+from eclip_monai.evaluation.embed import read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -47,22 +48,6 @@ SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "models", "eval", "i
 def bundle_name(metadata: Mapping) -> str:
     """``"eCLIP CXR"`` → ``"eclip_cxr"``: the folder and archive name of the bundle."""
     return re.sub(r"[^0-9a-z]+", "_", str(metadata["name"]).lower()).strip("_")
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The network weights of a training checkpoint: a bare state dict, ``{"model": ...}`` (best-metric
-    saver) or ``{"network": ...}`` (``final.pt``, ``checkpoint_epoch=N.pt``); DDP's ``module.`` is dropped."""
-    if not path.is_file():
-        raise CXRDataError("checkpoint not found; expected the weights written by training", path=path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "network"):
-        if isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CXRDataError("expected a state dict of tensors, or one under 'model' or 'network'", path=path,
-                           field="model")
-    return {name.removeprefix("module."): value for name, value in state.items()}
 
 
 def inference_overrides(overlays: list[Path], settings: list[str], config: Mapping) -> dict:
