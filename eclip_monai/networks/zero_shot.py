@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.metrics.zero_shot import class_embeddings
 from eclip_monai.networks.eclip import ECLIP
 
 # Report wording of each CheXpert observation; a finding not listed here is prompted by its lower-cased name.
@@ -73,26 +74,26 @@ class ZeroShotClassifier(nn.Module):
         self.findings = list(findings)
         self.tokenizer = tokenizer
         self.prompts = finding_prompts(self.findings, terms)
-        dim = self._text_features(["x"]).shape[-1]
-        self.register_buffer("positive", torch.zeros(len(self.findings), dim), persistent=False)
-        self.register_buffer("negative", torch.zeros(len(self.findings), dim), persistent=False)
-        self.refresh_text_features()
+        positive, negative = self._prompt_features()
+        self.register_buffer("positive", positive, persistent=False)
+        self.register_buffer("negative", negative, persistent=False)
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_text_features())
 
     @torch.no_grad()
-    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        device = self.clip.logit_scale.device
-        return F.normalize(self.clip.encode_text(self.tokenizer(list(texts)).to(device)).float(), dim=-1)
-
-    @torch.no_grad()
-    def refresh_text_features(self) -> None:
-        """Recompute the prompt-ensemble embeddings from the current text tower (mean of normalised prompts)."""
+    def _prompt_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F, D) positive and negative class embeddings from the current text tower, one encoder pass."""
         was_training = self.training
         self.eval()
-        for row, (positive, negative) in enumerate(self.prompts.values()):
-            self.positive[row] = F.normalize(self._text_features(positive).mean(0), dim=-1)
-            self.negative[row] = F.normalize(self._text_features(negative).mean(0), dim=-1)
+        groups = [group for pair in self.prompts.values() for group in pair]  # pos, neg, pos, neg, ...
+        tokens = self.tokenizer([prompt for group in groups for prompt in group])
+        tokens = tokens.to(self.clip.logit_scale.device)
+        features = class_embeddings(self.clip.encode_text(tokens).split([len(group) for group in groups]))
         self.train(was_training)
+        return features[0::2].contiguous(), features[1::2].contiguous()
+
+    def refresh_text_features(self) -> None:
+        """Recompute the prompt-ensemble embeddings from the current text tower (after weights change)."""
+        self.positive, self.negative = self._prompt_features()
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.clamp(max=self.max_log_scale).exp()
