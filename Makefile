@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-all phantom bench clean
+.PHONY: venv demo test test-all phantom bench study study-ablations clean
 
 $(STAMP): requirements-lock.txt requirements-label.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ venv: $(STAMP)
 ## make demo: phantom data (if absent) -> train eCLIP and the CLIP baseline -> figures and logs
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --dataset_dir $(DATA)
+
+## make study: the pre-registered eCLIP vs CLIP study (docs/study.md) -> docs/results.{md,json} (about 75 min on 2 cores)
+study: $(STAMP)
+	$(BIN)/python scripts/study.py
+
+## make study-ablations: no mixup / no priming / no curriculum, paired with the study's eCLIP runs (about 45 min)
+study-ablations: $(STAMP)
+	$(BIN)/python scripts/study.py --ablations
 
 ## make test: the test suite (slow-marked tests excluded; `make test-all` runs them too)
 test: $(STAMP)

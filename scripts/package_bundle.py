@@ -10,11 +10,12 @@ package itself, so the bundle runs where only its ``required_packages_version`` 
 ``configs/metadata.json`` (the name in snake case); the archive name is the Model Zoo's
 ``<name>_v<version>.zip``.
 
-The architecture keys of the training overlays (``--config``: ``model_name``, ``image_size``, ``experts``) and
-any ``--set key=value`` are written into the packaged ``inference.json``; the checkpoint is then loaded
-strictly into the network that config builds, so a mismatch fails here rather than at a user's first run. The
-metadata's ``network_data_format`` follows the packaged input size, findings and embedding size. Exports run
-MONAI's own ``ckpt_export`` / ``onnx_export`` on the staged bundle, which also proves the vendored code runs.
+The architecture keys of the training overlays (``--config``: ``model_name``, ``image_size``, ``experts``,
+``hp_patch_size``) and any ``--set key=value`` are written into the packaged ``inference.json``; the
+checkpoint is then loaded strictly into the network that config builds, so a mismatch fails here rather than
+at a user's first run. The metadata's ``network_data_format`` follows the packaged input size, findings and
+embedding size. Exports run MONAI's own ``ckpt_export`` / ``onnx_export`` on the staged bundle, which also
+proves the vendored code runs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from eclip_monai.evaluation.embed import read_state_dict
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
 PACKAGE = ROOT / "eclip_monai"
-ARCHITECTURE_KEYS = ("model_name", "hf_model_name", "image_size", "experts")
+ARCHITECTURE_KEYS = ("model_name", "hf_model_name", "image_size", "experts", "hp_patch_size")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "models", "eval", "input")
 
 

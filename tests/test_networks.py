@@ -312,3 +312,130 @@ def test_locked_packaged_text_tower_trains_only_its_projection():
     assert all(p.requires_grad for p in text.proj.parameters())
     trained = {id(p) for group in net.param_groups(1e-4, 1e-3) for p in group["params"]}
     assert not any(id(p) in trained for p in text.transformer.parameters())
+
+
+# ---- expert pass: own batch statistics, no running-statistics update ---------------------------------------
+
+
+def _norm_buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buf.clone() for name, buf in net.named_buffers() if "running_" in name or "batches" in name}
+
+
+def test_expert_images_change_neither_the_main_features_nor_the_norm_statistics():
+    torch.manual_seed(0)
+    net = build_eclip(model_name="eclip-tiny-cnn", image_size=64, hp_dim=32, hp_heads=2).train()
+    without, with_experts = copy.deepcopy(net), copy.deepcopy(net)
+    image, text = torch.randn(4, 1, 64, 64), _tokens(["report"] * 6)
+    expert_image, heatmap = 3 * torch.randn(2, 1, 64, 64) + 1, torch.rand(2, 1, 64, 64)  # other statistics
+    torch.manual_seed(1)
+    alone = without(image, text[:4])
+    torch.manual_seed(1)
+    joint = with_experts(image, text, expert_image=expert_image, expert_heatmap=heatmap)
+    # a shared pass normalises the main images with the experts' statistics too, and this fails
+    assert torch.equal(joint["image_features"][:4], alone["image_features"])
+    assert joint["image_features"].shape == (6, 256)
+    after_alone, after_joint = _norm_buffers(without), _norm_buffers(with_experts)
+    assert any(name.endswith("num_batches_tracked") for name in after_alone)  # the tower has batch norms
+    assert after_alone.keys() == after_joint.keys()
+    for name, value in after_alone.items():
+        assert torch.equal(after_joint[name], value), name
+    before = _norm_buffers(net)  # the untouched original: the main pass itself does update every statistic
+    assert not any(torch.equal(after_alone[name], value) for name, value in before.items() if "running_" in name)
+
+
+def test_expert_pass_normalises_with_its_own_batch_statistics():
+    torch.manual_seed(0)
+    net = build_eclip(model_name="eclip-tiny-cnn", image_size=64, hp_dim=32, hp_heads=2, mixup=False).train()
+    reference = copy.deepcopy(net)
+    image, expert_image = torch.randn(4, 1, 64, 64), torch.randn(2, 1, 64, 64)
+    heatmap = torch.rand(2, 1, 64, 64)
+    out = net(image, _tokens(["report"] * 6), expert_image=expert_image, expert_heatmap=heatmap)
+    expected = reference.encode_image(reference.expert_images(expert_image, heatmap))  # a batch of its own
+    torch.testing.assert_close(out["image_features"][4:], expected, rtol=0, atol=1e-6)
+
+
+def test_frozen_norm_statistics_restores_tracking_even_after_an_error():
+    from eclip_monai.networks.eclip import frozen_norm_statistics
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4))
+    net[2].track_running_stats = False  # already off: stays off
+    with pytest.raises(ValueError, match="inside"):
+        with frozen_norm_statistics(net):
+            assert not net[1].track_running_stats
+            net.train()(torch.randn(3, 1, 8, 8))
+            raise ValueError("inside")
+    assert net[1].track_running_stats and not net[2].track_running_stats
+    assert int(net[1].num_batches_tracked) == 0 and torch.equal(net[1].running_mean, torch.zeros(4))
+    net[1].running_mean.fill_(5.0)
+    with torch.no_grad(), frozen_norm_statistics(net):
+        evaluated = net.eval()(torch.randn(3, 1, 8, 8))
+    assert evaluated.mean() < -1  # eval mode still normalises with the running statistics
+
+
+# ---- processor token grid ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "patch", "grid"), [(224, 16, 14), (TINY, 8, 14), (64, 4, 16), (100, 5, 20)])
+def test_processor_keeps_the_papers_token_grid_at_every_size(size, patch, grid):
+    from eclip_monai.networks.eclip import processor_patch_size
+
+    assert processor_patch_size(size) == patch and size // patch == grid
+    if size > 64:
+        return  # the factory is checked at the tiny size below
+    net = build_eclip(model_name="eclip-tiny-cnn", image_size=size, hp_dim=32, hp_heads=2)
+    assert net.heatmap_processor.patch_size == patch
+
+
+def test_tiny_processor_patchifies_112_pixels_into_14_by_14_tokens():
+    net = build_eclip(model_name="eclip-tiny-cnn", image_size=TINY, hp_dim=32, hp_heads=2)
+    patchify = net.heatmap_processor.patchify
+    assert patchify.stride == (8, 8) and patchify.kernel_size == (8, 8)
+    assert net.heatmap_processor._tokens(torch.zeros(1, 1, TINY, TINY)).shape == (1, 196, 32)
+    from_config = build_eclip("eclip-tiny", hp_dim=32, hp_heads=2)  # no image_size: the config's 112 px
+    assert from_config.heatmap_processor.patch_size == 8
+    explicit = build_eclip(model_name="eclip-tiny-cnn", image_size=TINY, hp_dim=32, hp_heads=2, patch_size=16)
+    assert explicit.heatmap_processor.patchify.stride == (16, 16)
+
+
+# ---- cached features of a locked text tower --------------------------------------------------------------------
+
+
+def test_cached_locked_text_tower_equals_the_uncached_one_and_persists(tmp_path):
+    from eclip_monai.networks import packaged_text_model_dir
+    from eclip_monai.transforms import build_tokenizer
+
+    model_dir = packaged_text_model_dir()
+    cache_file = tmp_path / "text_features.pt"
+    net = build_eclip(model_name="eclip-tiny-minilm", image_size=64, experts=False, hf_model_name=model_dir,
+                      lock_text=True, cache_text=str(cache_file)).train()  # train mode: dropout would differ
+    tokens = build_tokenizer("eclip-tiny-minilm", hf_tokenizer_name=model_dir)(
+        ["No acute process.", "Large left pleural effusion.", "No acute process."])
+    cached = net.encode_text(tokens)
+    cache, net.text_cache = net.text_cache, None
+    net.clip.text.eval()
+    torch.testing.assert_close(cached, net.encode_text(tokens))
+    assert (cache.misses, cache.hits, len(cache)) == (2, 1, 2)
+    cached.sum().backward()  # the projection after the cache still learns
+    assert net.clip.text.proj.weight.grad is not None
+
+    again = build_eclip(model_name="eclip-tiny-minilm", image_size=64, experts=False, hf_model_name=model_dir,
+                        lock_text=True, cache_text=str(cache_file))
+    assert len(again.text_cache) == 2
+    again.load_state_dict(net.state_dict())  # the cache adds no state-dict keys
+    torch.testing.assert_close(again.encode_text(tokens), cached)
+    assert again.text_cache.misses == 0
+
+    with torch.no_grad():  # a trunk with other weights must not read those features
+        next(again.clip.text.transformer.parameters()).add_(1.0)
+    from eclip_monai.networks.text_cache import FrozenTextCache
+    assert len(FrozenTextCache(again.clip.text, path=cache_file)) == 0
+
+
+def test_text_cache_needs_a_locked_hugging_face_trunk():
+    from eclip_monai.networks import packaged_text_model_dir
+
+    with pytest.raises(ValueError, match="lock_text"):
+        build_eclip(model_name="eclip-tiny-minilm", image_size=64, experts=False,
+                    hf_model_name=packaged_text_model_dir(), cache_text=True)
+    with pytest.raises(TypeError, match="HFTextEncoder"):
+        build_eclip(model_name="eclip-tiny-cnn", image_size=64, experts=False, lock_text=True, cache_text=True)

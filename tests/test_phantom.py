@@ -344,3 +344,28 @@ def test_cli_writes_a_world_then_reuses_it(tmp_path, capsys):
     stamp = (tmp_path / DONE_FILE).stat().st_mtime_ns
     main(argv)
     assert (tmp_path / DONE_FILE).stat().st_mtime_ns == stamp
+
+
+def test_held_out_gaze_reads_test_studies_only_and_leaves_default_worlds_unchanged(world, tmp_path):
+    """``test_gaze_fraction`` adds REFLACX readings of test-split frontals (for attention metrics) without
+    moving any other draw, and the training expert datalist never sees them."""
+    from eclip_monai.data import build_expert_datalist, build_mimic_datalist
+
+    out = tmp_path / "held_out"
+    summary = generate_phantom(out, seed=0, workers=1, split_fractions={"train": 0.6, "validate": 0.1, "test": 0.3},
+                               test_gaze_fraction=1.0, **OPTIONS)
+    assert summary["test_gaze_readings"] == summary["splits"]["test"] > 0
+    meta = pd.read_csv(out / "reflacx" / formats.REFLACX_METADATA_CSV.format(phase=3))
+    test_ids = set(meta.loc[meta["split"] == "test", "dicom_id"])
+    assert len(test_ids) == summary["test_gaze_readings"]
+    train = build_mimic_datalist(out / "mimic-cxr", splits=["train"])
+    expert = build_expert_datalist(train, egd_root=out / "egd-cxr", reflacx_root=out / "reflacx",
+                                   mimic_root=out / "mimic-cxr")
+    assert expert and not {Path(item["image"]).stem for item in expert} & test_ids
+    with pytest.raises(ValueError, match="split_fractions"):
+        generate_phantom(tmp_path / "bad", split_fractions={"train": 0.9, "test": 0.1}, **OPTIONS)
+    # the default world is byte-identical to the one written before these options existed
+    again = tmp_path / "default"
+    generate_phantom(again, seed=0, workers=1, split_fractions=None, test_gaze_fraction=0.0, **OPTIONS)
+    for name in ("mimic-cxr/" + formats.MIMIC_SPLIT_CSV, "reflacx/" + formats.REFLACX_METADATA_CSV.format(phase=3)):
+        assert (again / name).read_bytes() == (world / name).read_bytes()

@@ -1,4 +1,4 @@
-"""Ignite handlers for eCLIP training: the expert curriculum and atomic checkpoints."""
+"""Ignite handlers for eCLIP training: the expert curriculum, atomic checkpoints and the training guard."""
 
 from eclip_monai.handlers.checkpoint import AtomicCheckpointSaver, checkpoint_objects
 from eclip_monai.handlers.curriculum import (
@@ -7,11 +7,13 @@ from eclip_monai.handlers.curriculum import (
     curriculum_phase,
     expert_probability,
 )
+from eclip_monai.handlers.guards import TrainingGuard
 
 __all__ = [
     "PHASES",
     "AtomicCheckpointSaver",
     "ExpertCurriculumHandler",
+    "TrainingGuard",
     "checkpoint_objects",
     "curriculum_phase",
     "expert_probability",

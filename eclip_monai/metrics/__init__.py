@@ -11,6 +11,7 @@ from eclip_monai.metrics.embedding_quality import (
     uniformity,
 )
 from eclip_monai.metrics.gathered import GatheredMetric
+from eclip_monai.metrics.gaze_attention import GazeAttention, similarity_saliency
 from eclip_monai.metrics.linear_probe import linear_probe, subsample_indices
 from eclip_monai.metrics.prompts import (
     CHEXPERT_5X200_PROMPTS,
@@ -43,6 +44,7 @@ __all__ = [
     "CrossModalRecall",
     "EmbeddingQuality",
     "GatheredMetric",
+    "GazeAttention",
     "PromptSpec",
     "ZeroShotClassification",
     "alignment",
@@ -59,6 +61,7 @@ __all__ = [
     "modality_gap",
     "recall_at_k",
     "report_group_id",
+    "similarity_saliency",
     "subsample_indices",
     "topk_search",
     "uniformity",

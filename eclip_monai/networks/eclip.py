@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from eclip_monai.errors import CXRDataError
 from eclip_monai.networks.heatmap_processor import HeatmapProcessor
+from eclip_monai.networks.text_cache import FrozenTextCache
 from eclip_monai.networks.towers import create_clip_model
 
 # Embedding tables (token, position, class, relative-position) and the temperature are not decayed:
@@ -22,12 +26,43 @@ _NO_DECAY_NAMES = re.compile(
     r"|logit_scale|logit_bias)(\.|$)"
 )
 
+# The paper's processor patchifies 224 px images with 16 px patches: a 14 x 14 token grid.
+PAPER_TOKEN_GRID = 14
+
+
+@contextmanager
+def frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, batch-norm layers of ``module`` leave their running statistics alone.
+
+    Every ``_BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d) that tracks running
+    statistics gets ``track_running_stats = False`` until the block ends, also on an exception. PyTorch then
+    normalises a train-mode batch with that batch's own statistics and hands the layer no running buffers, so
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` are not updated; in eval mode the layer
+    still normalises with its running statistics. Layers without running statistics are untouched.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        norm.track_running_stats = False
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.track_running_stats = True
+
 
 class ECLIP(nn.Module):
     """CLIP whose image batch can be extended with expert images built from radiologist heatmaps.
 
     Expert pairs (mixup of I and HP(I, H), full report) are concatenated after the main batch, so one InfoNCE
     runs over both; with ``heatmap_processor=None`` this module *is* the CLIP baseline.
+
+    Main and expert images go through the image tower in two separate passes, and the expert pass runs under
+    ``frozen_norm_statistics``. With a batch-norm tower (``eclip-tiny-cnn``'s ResNet) a shared pass would
+    normalise the main images with statistics partly computed from expert images, so the main features would
+    depend on whether and which experts were drawn, and the running statistics used at evaluation would drift
+    towards synthetic images never seen at test time. Now the main features are exactly those of a step
+    without experts, and only real images shape the running statistics; the expert pass normalises with its
+    own batch statistics in train mode.
 
     ``forward`` is the single entry a trainer calls, so DistributedDataParallel sees every parameter used. The
     processor is idle on steps without experts or priming, so wrap with ``find_unused_parameters=True``.
@@ -59,6 +94,7 @@ class ECLIP(nn.Module):
         self.mixup = mixup
         self.random_heatmaps = random_heatmaps
         self.max_log_scale = math.log(max_logit_scale)
+        self.text_cache: FrozenTextCache | None = None  # set by build_eclip(cache_text=True)
 
     @property
     def has_experts(self) -> bool:
@@ -68,6 +104,8 @@ class ECLIP(nn.Module):
         return F.normalize(self.clip.encode_image(image), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.text_cache is not None:
+            return F.normalize(self.text_cache(tokens), dim=-1)
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
     def logit_scale(self) -> torch.Tensor:
@@ -100,24 +138,31 @@ class ECLIP(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Embed B images (+ B_e expert images appended) and B (+ B_e) token rows; optionally prime.
 
-        Returns ``image_features``, ``text_features`` (L2-normalised), ``logit_scale`` and, when ``prime``,
-        ``primed`` = HP(image, 1).
+        The main images are encoded first, in a pass of their own, so neither their features nor the random
+        draws before them depend on the expert batch; the expert images follow in a second pass that leaves
+        batch-norm running statistics untouched (see the class docstring).
+
+        Returns ``image_features`` (main rows, then expert rows), ``text_features`` (L2-normalised),
+        ``logit_scale`` and, when ``prime``, ``primed`` = HP(image, 1).
         """
-        images = image
         if (expert_image is None) != (expert_heatmap is None):
             raise CXRDataError(
                 "expected expert_image and expert_heatmap together, found only one", field="expert_heatmap"
             )
-        if expert_image is not None:
-            images = torch.cat([image, self.expert_images(expert_image, expert_heatmap)])
-        if text.shape[0] != images.shape[0]:
+        n_expert = 0 if expert_image is None else expert_image.shape[0]
+        if text.shape[0] != image.shape[0] + n_expert:
             raise CXRDataError(
-                f"expected one token row per image ({image.shape[0]} main + "
-                f"{images.shape[0] - image.shape[0]} expert), found {text.shape[0]}",
+                f"expected one token row per image ({image.shape[0]} main + {n_expert} expert), "
+                f"found {text.shape[0]}",
                 field="text",
             )
+        image_features = self.encode_image(image)
+        if expert_image is not None:
+            mixed = self.expert_images(expert_image, expert_heatmap)
+            with frozen_norm_statistics(self.clip):
+                image_features = torch.cat([image_features, self.encode_image(mixed)])
         out = {
-            "image_features": self.encode_image(images),
+            "image_features": image_features,
             "text_features": self.encode_text(text),
             "logit_scale": self.logit_scale(),
         }
@@ -165,6 +210,21 @@ def random_blob_heatmaps(
     return maps / maps.amax(dim=(2, 3), keepdim=True)
 
 
+def processor_patch_size(image_size: int | Sequence[int], grid: int = PAPER_TOKEN_GRID) -> int:
+    """The heatmap processor's patch side for ``image_size`` (an int or (height, width)): the largest patch
+    that tiles the image exactly into at least ``grid`` x ``grid`` tokens.
+
+    The paper patchifies 224 px with 16 px patches into 14 x 14 tokens; this keeps that grid at any size that
+    is a multiple of 14 (112 px: 8 px patches) and otherwise takes the nearest finer grid, never a coarser one
+    (64 px: 4 px patches, 16 x 16 tokens; 256 px: 16 px patches, 16 x 16). Images under ``grid`` pixels a
+    side get 1 px patches.
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else (int(s) for s in image_size)
+    common = math.gcd(height, width)
+    limit = min(height, width) // grid
+    return max((p for p in range(1, limit + 1) if common % p == 0), default=1)
+
+
 def build_eclip(
     model_name: str | None = None,
     model_cfg: dict[str, Any] | str | None = None,
@@ -172,25 +232,44 @@ def build_eclip(
     experts: bool = True,
     hp_dim: int = 256,
     hp_heads: int = 8,
-    patch_size: int = 16,
+    patch_size: int | None = None,
     mixup_alpha: float = 0.2,
     mixup: bool = True,
     random_heatmaps: bool = False,
     max_logit_scale: float = 100.0,
     lock_text: bool = False,
+    cache_text: bool | str = False,
     **tower_kwargs: Any,
 ) -> ECLIP:
     """One call for bundle configs: towers from ``create_clip_model(**tower_kwargs)`` plus, when ``experts``,
     a heatmap processor over the same number of input channels.
 
+    ``patch_size`` is the processor's patch side; None (the default) gives the paper's 14 x 14 token grid at
+    the network's input size (``processor_patch_size``): the ``image_size`` tower argument, else the size the
+    tower's config declares, else 16. A checkpoint holds the processor's patch weights, so rebuilding a
+    trained network needs the patch it was trained with: the default, when both builds pass the same
+    ``image_size``.
+
     ``lock_text`` freezes the text tower's encoder (its projection stays trainable), LiT-style: with a
     pretrained text tower the image tower then learns towards fixed, already meaningful report embeddings.
+    ``cache_text`` (needs ``lock_text`` and a Hugging Face text tower) computes each distinct report's frozen
+    encoder output once (``FrozenTextCache``), taking the text tower out of the training step's cost; a path
+    instead of True also keeps those outputs in that file for the next process.
     """
+    if cache_text and not lock_text:
+        raise ValueError("cache_text needs lock_text=True: only a frozen text encoder's output can be cached")
     clip_model = create_clip_model(model_name, model_cfg, pretrained, **tower_kwargs)
     if lock_text:
         clip_model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     processor = None
     if experts:
+        if patch_size is None:
+            size = tower_kwargs.get("image_size") or getattr(clip_model.visual, "image_size", None)
+            patch_size = 16 if size is None else processor_patch_size(size)
         processor = HeatmapProcessor(tower_kwargs.get("in_chans", 1), hp_dim, patch_size, hp_heads)
         processor.to(next(clip_model.parameters()).device)
-    return ECLIP(clip_model, processor, mixup_alpha, mixup, random_heatmaps, max_logit_scale)
+    network = ECLIP(clip_model, processor, mixup_alpha, mixup, random_heatmaps, max_logit_scale)
+    if cache_text:
+        path = None if isinstance(cache_text, bool) else cache_text
+        network.text_cache = FrozenTextCache(getattr(clip_model, "text", clip_model), path=path)
+    return network

@@ -17,12 +17,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--egd-fraction", type=float, default=0.1, help="train frontal share in EGD-CXR")
     parser.add_argument("--reflacx-fraction", type=float, default=0.1, help="train frontal share in REFLACX")
     parser.add_argument("--eval-size", type=int, default=50, help="images per evaluation set (0: none)")
+    parser.add_argument("--split-fractions", type=float, nargs=3, metavar=("TRAIN", "VALIDATE", "TEST"),
+                        help="share of subjects per split (default 0.8 0.1 0.1)")
+    parser.add_argument("--test-gaze-fraction", type=float, default=0.0,
+                        help="test frontal share with a held-out REFLACX reading")
     parser.add_argument("--force", action="store_true", help="regenerate even if the folder already matches")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     options = dict(studies=args.studies, seed=args.seed, workers=args.workers, egd_fraction=args.egd_fraction,
                    reflacx_fraction=args.reflacx_fraction, eval_size=args.eval_size,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, test_gaze_fraction=args.test_gaze_fraction,
+                   split_fractions=None if args.split_fractions is None
+                   else dict(zip(("train", "validate", "test"), args.split_fractions)))
     if args.force:
         summary = generate_phantom(args.out, **options)
     else:

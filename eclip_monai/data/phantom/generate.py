@@ -63,17 +63,21 @@ class StudyPlan:
     reflacx_id: str | None = None
 
 
-def plan_studies(rng: np.random.Generator, studies: int, egd_fraction: float, reflacx_fraction: float
+def plan_studies(rng: np.random.Generator, studies: int, egd_fraction: float, reflacx_fraction: float,
+                 split_fractions: dict[str, float] | None = None, test_gaze_fraction: float = 0.0
                  ) -> list[StudyPlan]:
-    """Subjects with 1-3 studies each, split ~80/10/10 by subject, gaze on disjoint slices of train."""
+    """Subjects with 1-3 studies each, split by subject (default ~80/10/10), gaze on disjoint slices of train
+    and, with ``test_gaze_fraction``, REFLACX readings of that share of the test split (held-out gaze, as
+    REFLACX's own test readings are: never seen in training, used to score where a model looks)."""
+    fractions = SPLIT_FRACTIONS if split_fractions is None else split_fractions
     per_subject: list[int] = []
     while sum(per_subject) < studies:
         per_subject.append(min(int(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12])), studies - sum(per_subject)))
     subjects = np.sort(rng.choice(10_000_000, size=len(per_subject), replace=False) + 10_000_000)
     study_ids = rng.choice(10_000_000, size=studies, replace=False) + 50_000_000
     order = rng.permutation(len(subjects))
-    n_validate = round(len(subjects) * SPLIT_FRACTIONS["validate"])
-    n_test = round(len(subjects) * SPLIT_FRACTIONS["test"])
+    n_validate = round(len(subjects) * fractions["validate"])
+    n_test = round(len(subjects) * fractions["test"])
     if len(subjects) >= 3:
         n_validate, n_test = max(1, n_validate), max(1, n_test)
     split_of = {int(i): "validate" for i in order[:n_validate]}
@@ -92,6 +96,13 @@ def plan_studies(rng: np.random.Generator, studies: int, egd_fraction: float, re
         plans[i] = replace(plans[i], gaze="egd")
     for i, number in zip(train[n_egd : n_egd + n_reflacx], reflacx_numbers):
         plans[i] = replace(plans[i], gaze="reflacx", reflacx_id=f"P300R{int(number):06d}")
+    if test_gaze_fraction > 0:  # drawn last, so worlds without held-out gaze stay as they were
+        test = rng.permutation([i for i, p in enumerate(plans) if p.split == "test"])
+        taken = set(int(n) for n in reflacx_numbers)
+        free = np.array([n for n in rng.choice(1_000_000, size=2 * len(test) + len(taken), replace=False)
+                         if int(n) not in taken])
+        for i, number in zip(test[: round(test_gaze_fraction * len(test))], free):
+            plans[i] = replace(plans[i], gaze="reflacx", reflacx_id=f"P300R{int(number):06d}")
     return plans
 
 
@@ -126,6 +137,8 @@ def _draw(job: tuple) -> tuple[str, dict[str, list]]:
 
 
 def _eval_jobs(out: Path, seed: np.random.SeedSequence, eval_size: int) -> list[tuple]:
+    """``eval_size`` images per set; CheXpert 5x200 rounds down to a multiple of 5 and is 200 per class at
+    ``eval_size=1000``, the public benchmark's size."""
     if eval_size <= 0:
         return []
     chexpert_seed, rsna_seed, openi_seed = seed.spawn(3)
@@ -176,9 +189,12 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _arguments(studies: int, seed: int, egd_fraction: float, reflacx_fraction: float, eval_size: int) -> dict:
+def _arguments(studies: int, seed: int, egd_fraction: float, reflacx_fraction: float, eval_size: int,
+               split_fractions: dict[str, float] | None, test_gaze_fraction: float) -> dict:
+    """Everything that decides the world's content: ``phantom_done.json`` records it, and a comparison names it."""
     return {"version": GENERATOR_VERSION, "studies": studies, "seed": seed, "egd_fraction": egd_fraction,
-            "reflacx_fraction": reflacx_fraction, "eval_size": eval_size}
+            "reflacx_fraction": reflacx_fraction, "eval_size": eval_size,
+            "split_fractions": dict(split_fractions or SPLIT_FRACTIONS), "test_gaze_fraction": test_gaze_fraction}
 
 
 def generate_phantom(
@@ -190,6 +206,8 @@ def generate_phantom(
     reflacx_fraction: float = 0.1,
     eval_size: int = 50,
     progress: bool = True,
+    split_fractions: dict[str, float] | None = None,
+    test_gaze_fraction: float = 0.0,
 ) -> dict:
     """Write the phantom world under ``out_dir``; return counts and paths (also in ``phantom_done.json``).
 
@@ -198,6 +216,8 @@ def generate_phantom(
         egd_fraction / reflacx_fraction: share of the train split's frontal images read for each gaze set.
         eval_size: images per evaluation set (CheXpert 5x200 rounds down to a multiple of 5).
         workers: processes drawing studies; the output does not depend on it.
+        split_fractions: share of subjects per split, ``{"train", "validate", "test"}`` (default 0.8/0.1/0.1).
+        test_gaze_fraction: share of test-split frontal images that also get a REFLACX reading (held-out gaze).
     """
     if studies < 1 or eval_size < 0 or workers < 1:
         raise ValueError(f"need studies >= 1, eval_size >= 0, workers >= 1; "
@@ -205,11 +225,18 @@ def generate_phantom(
     if not (0 <= egd_fraction and 0 <= reflacx_fraction and egd_fraction + reflacx_fraction <= 1):
         raise ValueError(f"gaze fractions must be >= 0 and sum to <= 1; "
                          f"got {egd_fraction} + {reflacx_fraction}")
+    fractions = dict(split_fractions or SPLIT_FRACTIONS)
+    if set(fractions) != set(SPLIT_FRACTIONS) or min(fractions.values()) < 0 or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"split_fractions must give {sorted(SPLIT_FRACTIONS)} shares >= 0 summing to 1; "
+                         f"got {split_fractions}")
+    if not 0 <= test_gaze_fraction <= 1:
+        raise ValueError(f"test_gaze_fraction must be in [0, 1]; got {test_gaze_fraction}")
     started = time.perf_counter()
     out = Path(out_dir)
     _prepare(out)
     plan_seed, study_seed, eval_seed = np.random.SeedSequence(seed).spawn(3)
-    plans = plan_studies(np.random.default_rng(plan_seed), studies, egd_fraction, reflacx_fraction)
+    plans = plan_studies(np.random.default_rng(plan_seed), studies, egd_fraction, reflacx_fraction,
+                         fractions, test_gaze_fraction)
     jobs = [("mimic", out, s, p) for p, s in zip(plans, study_seed.spawn(len(plans)))]
     jobs += _eval_jobs(out, eval_seed, eval_size)
     tables: dict[tuple[str, str], list] = defaultdict(list)
@@ -234,12 +261,13 @@ def generate_phantom(
         "egd_images": len(tables["mimic", "egd_master"]),
         "egd_fixations": len(tables["mimic", "egd_fixations"]),
         "reflacx_readings": len(tables["mimic", "reflacx"]),
+        "test_gaze_readings": sum(r["split"] == "test" for r in tables["mimic", "reflacx"]),
         "chexpert_5x200_images": len(tables["chexpert", "rows"]),
         "rsna_images": len(tables["rsna", "classes"]),
         "openi_studies": len(tables["openi", "reports"]),
         "paths": {k: str(out / d) for k, d in DATASET_DIRS.items()} | {"truth": str(out / TRUTH_FILE)},
     }
-    arguments = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size)
+    arguments = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size, fractions, test_gaze_fraction)
     (out / DONE_FILE).write_text(json.dumps({"arguments": arguments, "summary": summary}, indent=2) + "\n")
     (out / PARTIAL_FILE).unlink()
     return summary | {"seconds": round(time.perf_counter() - started, 2)}
@@ -254,12 +282,16 @@ def ensure_phantom(
     reflacx_fraction: float = 0.1,
     eval_size: int = 50,
     progress: bool = True,
+    split_fractions: dict[str, float] | None = None,
+    test_gaze_fraction: float = 0.0,
 ) -> Path:
     """Return ``out_dir``, generating it first unless ``phantom_done.json`` records these same arguments."""
     out = Path(out_dir)
     done = out / DONE_FILE
-    wanted = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size)
+    wanted = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size, split_fractions,
+                        test_gaze_fraction)
     if done.is_file() and json.loads(done.read_text()).get("arguments") == wanted:
         return out
-    generate_phantom(out, studies, seed, workers, egd_fraction, reflacx_fraction, eval_size, progress)
+    generate_phantom(out, studies, seed, workers, egd_fraction, reflacx_fraction, eval_size, progress,
+                     split_fractions, test_gaze_fraction)
     return out
