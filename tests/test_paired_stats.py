@@ -6,7 +6,6 @@ import warnings
 import pytest
 from scipy import stats
 
-from eclip_monai.evaluation.compare import compare
 from eclip_monai.evaluation.paired import decide, holm_adjust, paired_difference, paired_table
 
 A = [2.0, 4.0, 6.0, 8.0, 10.0]
@@ -40,8 +39,7 @@ def test_pairing_finds_a_consistent_gain_that_welch_misses():
     # Seeds differ a lot from each other, but arm a beats arm b by about 0.01 on every seed.
     a = [0.50, 0.60, 0.70, 0.80, 0.90]
     b = [0.49, 0.585, 0.69, 0.79, 0.895]
-    welch = compare([{"r1": v} for v in a], [{"r1": v} for v in b], ["r1"], "a", "b")[0]
-    assert welch.p_value > 0.5 and welch.verdict == "no clear difference"
+    assert stats.ttest_ind(a, b, equal_var=False).pvalue > 0.5  # unpaired (Welch) sees only noise
     paired = paired_difference(a, b)
     assert paired.p < 0.01 and decide(paired) == "better"
 

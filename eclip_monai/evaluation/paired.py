@@ -3,7 +3,7 @@
 Every seed trains each arm from the same initialisation and in the same data order, so the seed's own luck
 is shared by the arms and cancels in the per-seed difference ``a - b``. The analysis is therefore on those
 differences (paired t-test and t-interval with n - 1 degrees of freedom), not on the two clouds of seeds
-(Welch, :mod:`eclip_monai.evaluation.compare`), which would count the seed-to-seed spread as noise.
+(an unpaired test), which would count the seed-to-seed spread as noise.
 
 What was fixed before the runs: one primary metric per contrast, judged on its own 95 % interval
 (:func:`decide`), and a family of secondary metrics per contrast whose p-values are Holm-adjusted
@@ -20,7 +20,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy import stats
 
-from eclip_monai.evaluation.compare import lower_is_better
+# Metrics where smaller is better; every other metric is better when larger.
+LOWER_IS_BETTER = ("modality_gap", "alignment", "uniformity", "loss")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def paired_table(values: Mapping[str, Mapping[str, Sequence[float]]], contrasts:
     to that contrast's Holm family: ``p_holm`` is adjusted over the family and its verdict is the direction
     of the difference only when ``p_holm < 1 - confidence``. Any other metric is primary: a family of one,
     so ``p_holm == p``, and its verdict is :func:`decide` on its interval (the same rule, unadjusted).
-    ``lower_is_better(metric)`` gives each metric's direction (by default the one the Welch table uses);
+    ``lower_is_better(metric)`` gives each metric's direction (by default: names holding a word of ``LOWER_IS_BETTER``);
     ``confidence`` sets every interval and the level ``p_holm`` is held to.
     """
     secondary = set(secondary_metrics)
