@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eclip_monai.evaluation.paired import paired_table
+from eclip_monai.study.figures import read_scalars
 from eclip_monai.study.protocol import Endpoint, Protocol, lookup
 from eclip_monai.study.runner import RunSpec
 
@@ -40,7 +41,9 @@ def collect(protocol: Protocol, runs: Sequence[RunSpec]) -> dict:
     for seed in seeds:
         for arm in arms:
             results = finished[arm, seed]
-            row = {"arm": arm, "seed": seed, "timing": results["timing"], "skipped": _skipped(results)}
+            run = next(r for r in runs if (r.arm, r.seed) == (arm, seed))
+            row = {"arm": arm, "seed": seed, "timing": results["timing"], "skipped": _skipped(results),
+                   **_training_summary(run)}
             for endpoint in protocol.endpoints:
                 row[endpoint.name] = value = lookup(results, endpoint)
                 values[arm][endpoint.name].append(value)
@@ -48,6 +51,17 @@ def collect(protocol: Protocol, runs: Sequence[RunSpec]) -> dict:
             row["chexpert_n"] = results.get("chexpert_5x200", {}).get("n")
             per_run.append(row)
     return {"per_run": per_run, "values": values, "seeds": seeds, "arms": arms}
+
+
+def _training_summary(run: RunSpec, window: int = 10) -> dict:
+    """InfoNCE over the first and last ``window`` steps and the number of steps, from the run's TensorBoard log:
+    a run that has learned ends well below ln(batch), where it starts."""
+    _, loss = read_scalars(run.run_dir / "tensorboard", "loss_clip")
+    _, experts = read_scalars(run.run_dir / "tensorboard", "expert_batches")
+    if not loss:
+        return {}
+    return {"steps": len(loss), "loss_first": sum(loss[:window]) / len(loss[:window]),
+            "loss_last": sum(loss[-window:]) / len(loss[-window:]), "expert_batches": int(max(experts, default=0))}
 
 
 def _skipped(results: Mapping) -> int:
@@ -72,6 +86,11 @@ def learning_check(protocol: Protocol, collected: dict) -> dict:
         "mimic_t2i_R@10": r10, "mimic_t2i_R@10_chance": chance, "mimic_t2i_R@10_chance_ratio": r10 / chance,
         "mimic_t2i_R@10_min_chance_ratio": check["mimic_t2i_R@10_min_chance_ratio"],
     }
+    losses = [r for r in rows if "loss_last" in r]
+    if losses:
+        batch = int(json.loads(Path(protocol.regime).read_text()).get("batch_size", 64))
+        result.update(ln_batch=math.log(batch), loss_first=sum(r["loss_first"] for r in losses) / len(losses),
+                      loss_last=sum(r["loss_last"] for r in losses) / len(losses))
     result["passed"] = bool(auroc >= result["chexpert_zero_shot_auroc_min"]
                             and r10 / chance >= result["mimic_t2i_R@10_min_chance_ratio"])
     return result
@@ -129,7 +148,10 @@ TABLE_HEAD = ("| contrast | endpoint | mean a | mean b | a − b | 95 % CI | p |
 
 def render_markdown(analysis: dict, protocol: Protocol, verdict_text: str, figures: Sequence[str] = ()) -> str:
     """The tables of ``results.md`` (the prose around them is written by the caller)."""
-    lines = [verdict_text, ""]
+    lines = [f"# Results: {protocol.name}", "",
+             "Written by `scripts/study.py` from the runs on disk, following the pre-registered protocol in "
+             "[study.md](study.md). Differences are a − b per seed; intervals are paired 95 % t-intervals.", "",
+             verdict_text, ""]
     check = analysis["learning_check"]
     if check.get("passed") is not None:
         lines += ["## Learning check (CLIP arm, mean over seeds)", "",
@@ -140,7 +162,12 @@ def render_markdown(analysis: dict, protocol: Protocol, verdict_text: str, figur
                   f"| MIMIC-test text→image R@10 / chance ({_fmt(check['mimic_t2i_R@10'])} / "
                   f"{_fmt(check['mimic_t2i_R@10_chance'])}) | {_fmt(check['mimic_t2i_R@10_chance_ratio'], 1)}× | "
                   f"≥ {check['mimic_t2i_R@10_min_chance_ratio']}× | "
-                  f"{check['mimic_t2i_R@10_chance_ratio'] >= check['mimic_t2i_R@10_min_chance_ratio']} |", ""]
+                  f"{check['mimic_t2i_R@10_chance_ratio'] >= check['mimic_t2i_R@10_min_chance_ratio']} |"]
+        if "loss_last" in check:
+            lines.append(f"| InfoNCE, first → last 10 steps (chance: ln B = {check['ln_batch']:.3f}) | "
+                         f"{_fmt(check['loss_first'])} → {_fmt(check['loss_last'])} | below ln B | "
+                         f"{check['loss_last'] < check['ln_batch']} |")
+        lines.append("")
     lines += ["## Paired comparisons (primary, then Holm-adjusted secondaries)", "", TABLE_HEAD]
     lines += [_row_md(r) for r in analysis["contrasts"]]
     lines += ["", "## Descriptive (no test claimed)", "", TABLE_HEAD]
@@ -148,15 +175,24 @@ def render_markdown(analysis: dict, protocol: Protocol, verdict_text: str, figur
     if "ablations" in analysis:
         lines += ["", f"## Ablations (primary endpoint, seeds {analysis['ablations']['seeds']})", "", TABLE_HEAD]
         lines += [_row_md(r) for r in analysis["ablations"]["rows"]]
-    lines += ["", "## Per run", ""]
-    names = [e.name for e in protocol.endpoints]
     runs = analysis["per_run"] + analysis.get("ablations", {}).get("per_run", [])
-    lines += ["| arm | seed | " + " | ".join(names) + " | train s | eval s |",
-              "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- |"]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    lines += ["", "## Per-seed values", "", "Each cell: mean ± sd over seeds, then the value of each seed in seed order.",
+              "", "| endpoint | " + " | ".join(arms) + " |", "| --- |" + " --- |" * len(arms)]
+    for endpoint in protocol.endpoints:
+        cells = []
+        for arm in arms:
+            values = [r[endpoint.name] for r in runs if r["arm"] == arm]
+            mean = sum(values) / len(values)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+            cells.append(f"{_fmt(mean)} ± {_fmt(sd)}: " + ", ".join(_fmt(v) for v in values))
+        lines.append(f"| {endpoint.name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Training", "", "| arm | seed | steps | InfoNCE first → last 10 steps | expert batches | train s | "
+              "evaluation s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         t = r["timing"]
-        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(_fmt(r[n]) for n in names)
-                     + f" | {_fmt(t.get('train_s'), 0)} | "
+        lines.append(f"| {r['arm']} | {r['seed']} | {r.get('steps', 'n/a')} | {_fmt(r.get('loss_first'))} → "
+                     f"{_fmt(r.get('loss_last'))} | {r.get('expert_batches', 'n/a')} | {_fmt(t.get('train_s'), 0)} | "
                      f"{_fmt(t.get('evaluate_s', 0) + t.get('gaze_attention_s', 0), 0)} |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
@@ -165,12 +201,17 @@ def render_markdown(analysis: dict, protocol: Protocol, verdict_text: str, figur
 
 def write_report(analysis: dict, protocol: Protocol, out_dir: str | os.PathLike, verdict_text: str,
                  figures: Sequence[str] = (), stem: str = "results") -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``."""
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``; ``<stem>_discussion.md``, when present there,
+    is appended to the Markdown as its discussion."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(analysis, indent=2, default=float) + "\n")
-    md_path.write_text(render_markdown(analysis, protocol, verdict_text, figures))
+    text = render_markdown(analysis, protocol, verdict_text, figures)
+    discussion = out_dir / f"{stem}_discussion.md"  # hand-written reading of the numbers, kept across rebuilds
+    if discussion.is_file():
+        text += "\n## Discussion\n\n" + discussion.read_text()
+    md_path.write_text(text)
     return json_path, md_path
 
 
