@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from eclip_monai.errors import CXRDataError
 from eclip_monai.study import runner
@@ -137,3 +138,28 @@ def test_incomplete_seeds_are_left_out_of_the_pairs(protocol, tmp_path):
     assert collect(protocol, runs)["seeds"] == list(protocol.seeds[:-1])
     with pytest.raises(KeyError, match="zero_shot"):
         lookup({"chexpert_5x200": {}}, protocol.primary)
+
+
+def test_regime_builds_the_frozen_study_network_from_the_bundle_configs(protocol, tmp_path):
+    """The regime overlay on train.json gives the pre-registered network: MobileNetV3 + locked MiniLM with a
+    feature cache, and a heatmap processor on the paper's 14 x 14 grid; the CLIP overlay removes the processor."""
+    from monai.bundle import ConfigParser
+
+    def network(*overlays: str):
+        from monai.utils import set_determinism
+
+        set_determinism(seed=0)  # as the bundle's "initialize" does with the run seed
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "bundle/configs/train.json"), *(str(ROOT / o) for o in overlays)])
+        parser.update({"runs_dir": str(tmp_path)})
+        return parser.get_parsed_content("network_def"), parser
+
+    eclip, parser = network(*protocol.overlays("eclip"))
+    assert parser["phantom_options"]["eval_size"] == 1000
+    assert eclip.text_cache is not None and eclip.text_cache.path.parent == tmp_path
+    assert eclip.heatmap_processor.patch_size * 14 == parser["image_size"]
+    assert not any(p.requires_grad for p in eclip.clip.text.transformer.parameters())
+    clip, _ = network(*protocol.overlays("clip"))
+    assert clip.heatmap_processor is None
+    paired = zip(clip.clip.visual.state_dict().items(), eclip.clip.visual.state_dict().items())
+    assert all(n1 == n2 and torch.equal(w1, w2) for (n1, w1), (n2, w2) in paired)  # same seed, same towers
