@@ -112,7 +112,8 @@ def analyse(protocol: Protocol, main: dict, ablation: dict | None = None) -> dic
         "seeds_complete": main["seeds"],
         "learning_check": learning_check(protocol, main),
         "contrasts": _tables(protocol, main, protocol.contrasts, protocol.secondary),
-        "descriptive": _tables(protocol, main, protocol.contrasts, protocol.descriptive),
+        "descriptive": [r for r in _tables(protocol, main, protocol.contrasts, protocol.descriptive)
+                        if r["metric"] != protocol.primary.name],
         "per_run": main["per_run"],
     }
     if ablation is not None and ablation["seeds"]:
