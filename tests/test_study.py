@@ -163,3 +163,19 @@ def test_regime_builds_the_frozen_study_network_from_the_bundle_configs(protocol
     assert clip.heatmap_processor is None
     paired = zip(clip.clip.visual.state_dict().items(), eclip.clip.visual.state_dict().items())
     assert all(n1 == n2 and torch.equal(w1, w2) for (n1, w1), (n2, w2) in paired)  # same seed, same towers
+
+
+def test_ablations_pair_by_seed_even_when_the_reference_misses_one(protocol, tmp_path):
+    main_runs = _write_runs(protocol, tmp_path, {arm: [0.90, 0.91, 0.92, 0.93, 0.94] for arm in protocol.arms})
+    next(r for r in main_runs if r.arm == protocol.ablation_reference and r.seed == 1).gaze_file.unlink()
+    ablation_runs = plan_runs(protocol, tmp_path, ablations=True)
+    for run in ablation_runs:  # each ablation is its seed's reference minus 0.01
+        metrics, gaze = _fake_results(0.90 + 0.01 * run.seed - 0.01, 0.12, 0.1)
+        run.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        run.metrics_file.write_text(json.dumps(metrics))
+        run.gaze_file.write_text(json.dumps(gaze))
+    per_seed = collect(protocol, plan_runs(protocol, tmp_path, seeds=[0, 2, 3, 4]))
+    analysis = analyse(protocol, per_seed, collect(protocol, ablation_runs))
+    assert analysis["ablations"]["seeds"] == [0, 2]
+    for row in analysis["ablations"]["rows"]:
+        assert row["diffs"] == pytest.approx((0.01, 0.01))

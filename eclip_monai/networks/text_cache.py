@@ -53,7 +53,8 @@ class FrozenTextCache:
         self._features: dict[bytes, torch.Tensor] = {}
         self.hits = self.misses = 0
         self.path = None if path is None else Path(path)
-        self.fingerprint = _fingerprint(text_tower.transformer)
+        # hashing the trunk's weights costs a pass over them: only a cache kept on disk needs it
+        self.fingerprint = None if self.path is None else _fingerprint(text_tower.transformer)
         if self.path is not None and self.path.is_file():
             self._load()
 
@@ -68,7 +69,8 @@ class FrozenTextCache:
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if missing:
-            rows = torch.stack([tokens[keys.index(k)] for k in missing])
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            rows = tokens[[first[k] for k in missing]]
             for key, feature in zip(missing, self._encode(rows)):
                 self._features[key] = feature
             while len(self._features) > self.max_entries:

@@ -118,12 +118,13 @@ def analyse(protocol: Protocol, main: dict, ablation: dict | None = None) -> dic
     }
     if ablation is not None and ablation["seeds"]:
         reference = protocol.ablation_reference
-        values = {arm: {k: v[: len(ablation["seeds"])] for k, v in vals.items()}
-                  for arm, vals in ablation["values"].items()}
         ref_rows = {r["seed"]: r for r in main["per_run"] if r["arm"] == reference}
         seeds = [s for s in ablation["seeds"] if s in ref_rows]
-        values[reference] = {e.name: [ref_rows[s][e.name] for s in seeds] for e in protocol.endpoints}
-        values = {arm: {k: v[: len(seeds)] for k, v in vals.items()} for arm, vals in values.items()}
+        by_run = {(r["arm"], r["seed"]): r for r in ablation["per_run"]}
+        by_run.update({(reference, s): ref_rows[s] for s in seeds})
+        arms = [reference, *(a for a in protocol.ablation_arms if a in ablation["values"])]
+        values = {arm: {e.name: [by_run[arm, s][e.name] for s in seeds] for e in protocol.endpoints}
+                  for arm in arms}
         rows = []
         if len(seeds) >= 2:
             rows = paired_table(values, [(reference, arm) for arm in protocol.ablation_arms if arm in values],
