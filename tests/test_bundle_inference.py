@@ -85,15 +85,6 @@ def write_inputs(folder: Path, dicom: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def phantom_dicom(tmp_path_factory) -> Path:
-    from eclip_monai.data.phantom import ensure_phantom
-
-    root = ensure_phantom(tmp_path_factory.mktemp("phantom"), studies=2, seed=0, workers=1, eval_size=1,
-                          progress=False)
-    return sorted((root / "mimic-cxr" / "files").rglob("*.dcm"))[0]
-
-
-@pytest.fixture(scope="module")
 def bundle_run(phantom_dicom, tmp_path_factory):
     """One run over a DICOM, a PNG, a NIfTI and a corrupt DICOM, from a directory outside the repository."""
     tmp = tmp_path_factory.mktemp("inference")

@@ -1,10 +1,8 @@
-"""The packaged bundle archive: contents, and that it runs outside the development checkout.
+"""The packaged bundle archive: contents, metadata, the merged training recipe and the fine-tuning overlay.
 
-``scripts/package_bundle.py`` builds ``eclip_cxr_v<version>.zip`` from a tiny random-init checkpoint;
-MONAI's ``download`` (from a ``file://`` URL) unpacks it and ``load`` / ``python -m monai.bundle run`` use
-it in a fresh virtual environment that sees the third-party packages but not ``eclip_monai`` (a ``.pth`` line
-adds the development site-packages without running its editable-install hook), so only the bundle's vendored
-copy can serve the configs. Its outputs must equal the development code's.
+``scripts/package_bundle.py`` builds ``eclip_cxr_v<version>.zip`` from a tiny random-init checkpoint (the session
+fixture ``packaged``); ``test_bundle_journey.py`` runs it in a fresh environment. The slow variant here installs
+only the archive's ``required_packages_version`` with pip into a new virtual environment.
 """
 
 from __future__ import annotations
@@ -12,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -24,79 +20,39 @@ import pytest
 import torch
 import yaml
 
-from test_bundle_inference import ENV, ROOT, read_result, reference_outputs, tiny_checkpoint, write_inputs
+from conftest import RECIPE
+from test_bundle_inference import ENV, ROOT, read_result, reference_outputs, write_inputs
 
 META = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())
 NAME = "eclip_cxr"
 ARCHIVE = f"{NAME}_v{META['version']}.zip"
-OVERLAY = {"model_name": "eclip-tiny-cnn", "image_size": 64, "batch_size": 32, "max_epochs": 15}
-
-LOAD_SCRIPT = """
-import json, sys
-from pathlib import Path
-import monai.bundle, numpy as np, torch
-bundle_dir, archive, args_file, image, out = sys.argv[1:]
-monai.bundle.download(name="eclip_cxr", bundle_dir=bundle_dir, url=Path(archive).as_uri(), progress=False)
-net = monai.bundle.load(name="eclip_cxr", bundle_dir=bundle_dir, source="github", workflow_type="inference",
-                        args_file=args_file, device="cpu")
-import eclip_monai
-with torch.no_grad():
-    probabilities = net.eval()(torch.from_numpy(np.load(image)))
-json.dump({"module": eclip_monai.__file__, "type": type(net).__name__,
-           "probabilities": probabilities.tolist()}, open(out, "w"))
-"""
-
-
-def package(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    overlay = out / "overlay.json"
-    out.mkdir(parents=True, exist_ok=True)
-    overlay.write_text(json.dumps(OVERLAY))
-    cmd = [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "--checkpoint", str(checkpoint),
-           "--config", str(overlay), "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=out, env=ENV, capture_output=True, text=True, timeout=600)
+SCHEMA = ROOT / "tests" / "data" / "bundle_meta_schema.json"
 
 
 @pytest.fixture(scope="module")
-def packaged(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("package")
-    checkpoint = tiny_checkpoint(tmp / "final.pt")
-    done = package(checkpoint, tmp / "dist", "--weights_url", "https://example.org/releases/v1")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    archive = tmp / "dist" / ARCHIVE
-    assert done.stdout.strip().endswith(ARCHIVE)
-    return archive, checkpoint
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    from eclip_monai.data.phantom import ensure_phantom
-
-    root = ensure_phantom(tmp_path_factory.mktemp("phantom"), studies=2, seed=0, workers=1, eval_size=1,
-                          progress=False)
-    dicom = sorted((root / "mimic-cxr" / "files").rglob("*.dcm"))[0]
+def inputs(phantom_dicom, tmp_path_factory):
     folder = tmp_path_factory.mktemp("inputs") / "images"
-    write_inputs(folder, dicom)
+    write_inputs(folder, phantom_dicom)
     return folder
 
 
-def fresh_venv(path: Path) -> Path:
-    """A virtual environment whose only view of the development venv is its site-packages as a plain path."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    python = path / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "dev_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
+def load_script():
+    spec = importlib.util.spec_from_file_location("package_bundle", ROOT / "scripts" / "package_bundle.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def test_archive_holds_configs_docs_license_weights_and_the_code(packaged, tmp_path):
     from monai.bundle import download_large_files
 
     archive, checkpoint = packaged
+    assert archive.name == ARCHIVE
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
         for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json",
-                         "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+                         "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/finetune.json",
+                         "configs/gaze_attention.json", "configs/logging.conf",
                          "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml",
                          "models/model.pt", "eclip_monai/__init__.py", "eclip_monai/inference/engine.py",
                          "eclip_monai/networks/model_configs/eclip-tiny-cnn.json"):
@@ -105,6 +61,7 @@ def test_archive_holds_configs_docs_license_weights_and_the_code(packaged, tmp_p
         weights = zf.read(f"{NAME}/models/model.pt")
         large_files = yaml.safe_load(zf.read(f"{NAME}/large_files.yml"))
         inference = json.loads(zf.read(f"{NAME}/configs/inference.json"))
+        train = json.loads(zf.read(f"{NAME}/configs/train.json"))
         metadata = json.loads(zf.read(f"{NAME}/configs/metadata.json"))
         state = torch.load(zf.open(f"{NAME}/models/model.pt"), weights_only=True)
     expected = torch.load(checkpoint, weights_only=True)["model"]
@@ -114,6 +71,8 @@ def test_archive_holds_configs_docs_license_weights_and_the_code(packaged, tmp_p
                                            "hash_val": hashlib.md5(weights).hexdigest(), "hash_type": "md5"}]
     assert (inference["model_name"], inference["image_size"]) == ("eclip-tiny-cnn", 64)
     assert inference["batch_size"] == 8  # training-only keys of the overlay are not carried over
+    assert {k: train[k] for k in RECIPE} == RECIPE  # the archive's train.json is the recipe of the weights
+    assert train["learning_rate"] == 1e-4 and train["pretrained"] is None
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(tmp_path)
     download_large_files(bundle_path=str(tmp_path / NAME))  # present with the listed md5: nothing to fetch
@@ -128,71 +87,49 @@ def test_packaged_metadata_verifies_offline(packaged, tmp_path):
     archive, _ = packaged
     with zipfile.ZipFile(archive) as zf:
         zf.extract(f"{NAME}/configs/metadata.json", tmp_path)
-    schema = ROOT / "tests" / "data" / "bundle_meta_schema.json"
-    verify_metadata(meta_file=str(tmp_path / NAME / "configs" / "metadata.json"), filepath=str(schema),
-                    hash_val=hashlib.md5(schema.read_bytes()).hexdigest(), hash_type="md5")
+    verify_metadata(meta_file=str(tmp_path / NAME / "configs" / "metadata.json"), filepath=str(SCHEMA),
+                    hash_val=hashlib.md5(SCHEMA.read_bytes()).hexdigest(), hash_type="md5")
+
+
+def test_verify_metadata_rejects_metadata_without_a_version(tmp_path):
+    from monai.bundle import verify_metadata
+
+    metadata = dict(META)
+    del metadata["version"]
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="'version' is a required property"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_metadata_version_is_semantic_and_in_the_changelog():
+    assert META["version"] in META["changelog"]
+    assert [int(part) for part in META["version"].split(".")]
+
+
+def test_eval_metrics_are_the_packaged_study_run_marked_as_phantom_world(packaged):
+    archive, _ = packaged
+    with zipfile.ZipFile(archive) as zf:
+        metrics = json.loads(zf.read(f"{NAME}/configs/metadata.json"))["eval_metrics"]
+    study = json.loads((ROOT / "docs" / "results.json").read_text())
+    run = next(r for r in study["per_run"] if r["arm"] == "eclip" and r["seed"] == 0)
+    assert metrics["phantom_chexpert_zero_shot_auroc"] == run["chexpert_zero_shot_auroc"]
+    assert "phantom world only" in metrics["note"] and "not real-data performance" in metrics["note"]
+    assert all(key.startswith("phantom_") for key in metrics if key != "note")
+    with pytest.raises(Exception, match="eclip/9"):
+        load_script().study_metrics(ROOT / "docs" / "results.json", "eclip/9")
 
 
 def test_weights_of_another_architecture_are_refused_with_the_checkpoint_named(packaged, tmp_path):
     from eclip_monai.errors import CXRDataError
 
-    spec = importlib.util.spec_from_file_location("package_bundle", ROOT / "scripts" / "package_bundle.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     _, checkpoint = packaged
     overlay = tmp_path / "overlay.json"
-    overlay.write_text(json.dumps(OVERLAY))
+    overlay.write_text(json.dumps(RECIPE))
     with pytest.raises(CXRDataError) as failure:
-        script.package(checkpoint, tmp_path, [overlay], ["experts=false"])
-    assert f"{checkpoint}: model: the weights do not fit the network" in str(failure.value)
+        load_script().package(checkpoint, tmp_path, [overlay], ["experts=false"])
+    assert f"{checkpoint}: model: the weights do not fit the inference.json network" in str(failure.value)
     assert "'experts': False" in str(failure.value)
     assert not list(tmp_path.glob("*.zip"))
-
-
-def test_unpacked_archive_runs_in_a_fresh_venv_like_the_dev_checkout(packaged, inputs, tmp_path):
-    archive, checkpoint = packaged
-    python = fresh_venv(tmp_path / "venv")
-    hidden = subprocess.run([str(python), "-c", "import eclip_monai"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert "No module named 'eclip_monai'" in hidden.stderr  # the development checkout is out of reach
-
-    # monai.bundle.download unpacks the archive; monai.bundle.load builds network_def with its weights
-    bundle_dir = tmp_path / "bundles"
-    (tmp_path / "args.json").write_text(json.dumps({"bundle_root": str(bundle_dir / NAME)}))
-    (tmp_path / "load.py").write_text(LOAD_SCRIPT)
-    torch.manual_seed(3)
-    image = torch.randn(2, 1, 64, 64)
-    np.save(tmp_path / "image.npy", image.numpy())
-    done = subprocess.run([str(python), "load.py", str(bundle_dir), str(archive), "args.json", "image.npy",
-                           "loaded.json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    loaded = json.loads((tmp_path / "loaded.json").read_text())
-    assert loaded["type"] == "ZeroShotClassifier"
-    assert Path(loaded["module"]).resolve() == (bundle_dir / NAME / "eclip_monai" / "__init__.py").resolve()
-
-    from eclip_monai.data.formats import PHANTOM_FINDINGS
-    from eclip_monai.networks import build_eclip
-    from eclip_monai.networks.zero_shot import ZeroShotClassifier
-    from eclip_monai.transforms import build_tokenizer
-
-    dev = ZeroShotClassifier(build_eclip("eclip-tiny-cnn", image_size=64), build_tokenizer("eclip-tiny-cnn"),
-                             PHANTOM_FINDINGS)
-    dev.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
-    with torch.no_grad():
-        np.testing.assert_allclose(loaded["probabilities"], dev.eval()(image).numpy(), atol=1e-5)
-
-    # the inference workflow of the unpacked bundle, with its own packaged config and weights
-    cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", str(bundle_dir / NAME / "configs" /
-           "inference.json"), "--bundle_root", str(bundle_dir / NAME), "--input_dir", str(inputs),
-           "--output_dir", str(tmp_path / "out")]
-    done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    expected = reference_outputs(checkpoint, sorted(inputs.iterdir()))
-    assert len(expected) == 3
-    for stem, (probabilities, embedding) in expected.items():
-        result, written = read_result(tmp_path / "out", stem)
-        np.testing.assert_allclose(list(result["findings"].values()), probabilities, atol=1e-5)
-        np.testing.assert_allclose(written, embedding, atol=1e-5)
 
 
 def lock_pins() -> dict[str, str]:

@@ -17,7 +17,7 @@ from eclip_monai.data import build_mimic_datalist
 from eclip_monai.data.eval_sets import load_openi
 from eclip_monai.data.phantom import generate_phantom
 from eclip_monai.errors import CXRDataError
-from eclip_monai.evaluation import load_checkpoint, run_evaluation
+from eclip_monai.evaluation import run_evaluation
 from eclip_monai.networks import build_eclip
 from eclip_monai.transforms import build_tokenizer
 from test_eval_sets import write_rsna
@@ -121,15 +121,3 @@ def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
                              rsna_root=tmp_path / "rsna", image_size=112, probe_fractions=(1.0,),
                              figures=False, progress=False)
     assert results["rsna_pneumonia"]["n"] == 5 and results["rsna_pneumonia"]["skipped"] == 1
-
-
-def test_checkpoints_load_wrapped_bare_or_from_ddp(tmp_path):
-    source, target = tiny_network(0), tiny_network(1)
-    state = source.state_dict()
-    for saved in ({"model": state}, state, {f"module.{k}": v for k, v in state.items()}):
-        torch.save(saved, tmp_path / "model.pt")
-        loaded = load_checkpoint(tiny_network(1), tmp_path / "model.pt")
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), state.values()))
-    assert not all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), state.values()))
-    with pytest.raises(CXRDataError, match="checkpoint not found"):
-        load_checkpoint(target, tmp_path / "missing.pt")

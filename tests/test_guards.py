@@ -150,4 +150,4 @@ def test_the_training_bundle_guards_eclip_runs_and_checkpoints_the_guard(overlay
     assert isinstance(guard, TrainingGuard)
     assert (guard.max_bad_fraction, guard.require_experts) == (0.05, required)
     assert "@training_guard" in parser["train"]["handlers"]
-    assert "guard=@training_guard" in parser["checkpoint_objects"]
+    assert parser["checkpoint_objects"]["guard"] == "@training_guard"

@@ -23,7 +23,8 @@ import torch
 from eclip_monai.data.formats import PHANTOM_FINDINGS
 from eclip_monai.data.phantom import ensure_phantom
 from eclip_monai.errors import CXRDataError
-from eclip_monai.evaluation.embed import eval_image_transforms, load_checkpoint
+from eclip_monai.evaluation.embed import eval_image_transforms
+from eclip_monai.networks.checkpoint import load_weights
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import ReportIndex
@@ -58,7 +59,7 @@ def _load_app_module(name: str):
 def _reference(checkpoint: Path) -> ZeroShotClassifier:
     network = build_eclip(model_name=MODEL, image_size=SIZE)
     classifier = ZeroShotClassifier(network, build_tokenizer(MODEL), PHANTOM_FINDINGS)
-    return load_checkpoint(classifier, checkpoint).eval()
+    return load_weights(classifier, checkpoint).eval()
 
 
 class Server:

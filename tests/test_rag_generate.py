@@ -28,7 +28,7 @@ from eclip_monai.errors import CXRDataError
 from eclip_monai.metrics.labeler import ReportLabeler
 from eclip_monai.metrics.report_metrics import report_metrics
 from eclip_monai.rag import RandomReportBackend, ReportIndex, ReportRetriever, RetrievalOnlyBackend
-from eclip_monai.rag.generate import DEFAULT_CONFIG, generate_reports, load_clip_weights, main
+from eclip_monai.rag.generate import DEFAULT_CONFIG, generate_reports, main
 
 STATED = {
     "Cardiomegaly": ["Moderate cardiomegaly.", "The heart is mildly enlarged."],
@@ -213,23 +213,3 @@ def test_cli_with_a_local_transformers_llm(dataset, checkpoints, tmp_path):
     cli(dataset, tmp_path / "out", "--checkpoint", checkpoints[0], "--llm", llm, "--prompt#few_shot", "1")
     records = read_jsonl(tmp_path / "out" / "generated.jsonl")
     assert len(records) == 2 and all(isinstance(r["generated"], str) and r["generated"] for r in records)
-
-
-def test_checkpoint_that_does_not_fit_the_towers_names_the_file(tmp_path):
-    from eclip_monai.networks import build_eclip
-
-    network = build_eclip(model_name="eclip-tiny", image_size=64, experts=False)
-    wrong = tmp_path / "other.pt"
-    torch.save({"optimizer": {}, "network": {"encoder.weight": torch.zeros(1)}}, wrong)
-    with pytest.raises(CXRDataError, match=r"other\.pt.*keys starting with 'clip\.'"):
-        load_clip_weights(network, wrong)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CXRDataError, match=r"garbage\.pt.*readable PyTorch checkpoint"):
-        load_clip_weights(network, garbage)
-    with pytest.raises(CXRDataError, match=r"missing\.pt.*readable PyTorch checkpoint"):
-        load_clip_weights(network, tmp_path / "missing.pt")
-    bigger = tmp_path / "bigger.pt"
-    torch.save(build_eclip(model_name="eclip-tiny", image_size=96, experts=False).state_dict(), bigger)
-    with pytest.raises(CXRDataError, match=r"bigger\.pt.*model_name / image_size"):
-        load_clip_weights(network, bigger)

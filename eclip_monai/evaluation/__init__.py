@@ -5,7 +5,6 @@ from eclip_monai.evaluation.embed import (
     embed_dataset,
     embed_texts,
     eval_image_transforms,
-    load_checkpoint,
     prompt_class_embeddings,
 )
 from eclip_monai.evaluation.figures import plot_class_similarity, plot_modality_gap, plot_retrieval_gallery
@@ -16,7 +15,6 @@ __all__ = [
     "embed_dataset",
     "embed_texts",
     "eval_image_transforms",
-    "load_checkpoint",
     "plot_class_similarity",
     "plot_modality_gap",
     "plot_retrieval_gallery",

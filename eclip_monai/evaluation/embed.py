@@ -95,27 +95,3 @@ def prompt_class_embeddings(network: nn.Module, tokenizer, prompts: Mapping[str,
     flat = [prompt for group in prompts.values() for prompt in group]
     features = embed_texts(network, tokenizer, flat, device=device)
     return class_embeddings(features.split([len(group) for group in prompts.values()]))
-
-
-def read_state_dict(path: str | os.PathLike, keys: Sequence[str] = ("model", "network")
-                    ) -> dict[str, torch.Tensor]:
-    """The network weights of a training checkpoint: a bare state dict or one under the first of ``keys``
-    present (the best-metric saver writes ``{"model": ...}``, ``final.pt`` and ``checkpoint_epoch=N.pt``
-    ``{"network": ...}``); DistributedDataParallel's ``module.`` prefix is dropped."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CXRDataError("checkpoint not found; expected the weights written by training", path=path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = next((state[key] for key in keys if isinstance(state.get(key), Mapping)), state)
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CXRDataError(f"expected a state dict of tensors, or one under {' or '.join(map(repr, keys))}",
-                           path=path, field=keys[0])
-    return {name.removeprefix("module."): value for name, value in state.items()}
-
-
-def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "model") -> nn.Module:
-    """Load trained weights into ``network`` and return it. Accepts ``{key: state_dict}`` or a bare state dict
-    (Ignite's checkpoint saver writes the bare one when it saves a single object). Loading is strict: a
-    checkpoint of another architecture fails loudly."""
-    network.load_state_dict(read_state_dict(path, keys=(key,)))
-    return network

@@ -1,5 +1,6 @@
 """The eCLIP network as MONAI-friendly components: open_clip towers, the heatmap processor, eCLIP."""
 
+from eclip_monai.networks.checkpoint import load_weights, read_state_dict
 from eclip_monai.networks.eclip import ECLIP, build_eclip, random_blob_heatmaps
 from eclip_monai.networks.heatmap_processor import HeatmapProcessor
 from eclip_monai.networks.towers import (
@@ -18,6 +19,8 @@ __all__ = [
     "adapt_input_channels",
     "build_eclip",
     "create_clip_model",
+    "load_weights",
     "packaged_text_model_dir",
     "random_blob_heatmaps",
+    "read_state_dict",
 ]

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eclip_monai.errors import CXRDataError
+from eclip_monai.networks.checkpoint import load_tensors
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FrozenTextCache"]
@@ -95,8 +98,8 @@ class FrozenTextCache:
 
     def _load(self) -> None:
         try:
-            stored = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a damaged cache only costs recomputation
+            stored = load_tensors(self.path)
+        except CXRDataError as e:  # a damaged cache only costs recomputation
             logger.warning("ignoring the text feature cache %s: unreadable (%s)", self.path, e)
             return
         if stored.get("fingerprint") != self.fingerprint:

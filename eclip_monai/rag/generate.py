@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,7 +49,8 @@ from tqdm import tqdm
 from eclip_monai.data import build_mimic_datalist
 from eclip_monai.errors import CXRDataError
 from eclip_monai.metrics.report_metrics import report_metrics
-from eclip_monai.networks import ECLIP, build_eclip
+from eclip_monai.networks import build_eclip
+from eclip_monai.networks.checkpoint import PROCESSOR, load_weights
 from eclip_monai.rag.index import ReportIndex
 from eclip_monai.rag.llm import HFCausalLM, ReportBackend, build_backend
 from eclip_monai.rag.prompt import DEFAULT_INSTRUCTION, PromptBuilder
@@ -62,32 +62,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "report_gener
 CHAT_TEMPLATE_MARGIN = 64  # tokens a chat template may add around the message contents
 SUMMARY_COLUMNS = ("bleu2", "bleu4", "rougeL", "finding_micro_f1", "finding_macro_f1", "n")
 CSV_COLUMNS = ("dicom_id", "study_id", "reference", "generated", "retrieved_ids")
-
-
-def load_clip_weights(network: ECLIP, path: str | os.PathLike) -> None:
-    """Load the CLIP towers of an eCLIP or CLIP-baseline checkpoint into ``network`` (retrieval does not need
-    the heatmap processor). Takes a bare state dict or one under ``network``, ``model`` or ``state_dict``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, pickle.UnpicklingError, RuntimeError) as exc:
-        raise CXRDataError(f"expected a readable PyTorch checkpoint of tensors, found {type(exc).__name__}: "
-                           f"{str(exc)[:300]}", path=path) from exc
-    for key in ("network", "model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping):
-        raise CXRDataError(f"expected a state dict, found {type(state).__name__}", path=path)
-    names = {k: k.removeprefix("module.") for k in state}  # DistributedDataParallel's prefix
-    clip = {name.removeprefix("clip."): state[k] for k, name in names.items() if name.startswith("clip.")}
-    if not clip:
-        raise CXRDataError(f"expected eCLIP weights (keys starting with 'clip.'), found {list(state)[:5]}",
-                           path=path, field="state_dict")
-    try:
-        network.clip.load_state_dict(clip)
-    except RuntimeError as exc:
-        raise CXRDataError(f"weights do not fit the configured towers (check model_name / image_size / "
-                           f"hf_model_name): {str(exc)[:500]}", path=path, field="state_dict") from exc
 
 
 def report_corpus(items: Sequence[dict]) -> tuple[list[str], list[str]]:
@@ -137,7 +111,7 @@ def build_network(config: Mapping, checkpoint: str | None, device: torch.device)
     network = build_eclip(model_name=config["model_name"], image_size=config["image_size"],
                           hf_model_name=config.get("hf_model_name"), experts=False)
     if checkpoint:
-        load_clip_weights(network, checkpoint)
+        load_weights(network, checkpoint, exclude=[PROCESSOR])  # retrieval needs only the towers
     else:
         logger.warning("no checkpoint: retrieving with an untrained network (useful only as a smoke test)")
     tokenizer = build_tokenizer(config["model_name"], hf_tokenizer_name=config.get("hf_model_name"))

@@ -9,11 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
-
 from eclip_monai.data.formats import PHANTOM_FINDINGS
 from eclip_monai.errors import CXRDataError
 from eclip_monai.networks import build_eclip
+from eclip_monai.networks.checkpoint import has_processor, read_state_dict
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import MANIFEST_FILE, ReportIndex, file_sha256
 from eclip_monai.transforms import build_tokenizer
@@ -76,16 +75,11 @@ def _positive_int(conf: Mapping[str, str], key: str, default: int) -> int:
 def checkpoint_has_processor(path: str) -> bool:
     """Whether the checkpoint holds a heatmap processor (eCLIP) or not (CLIP baseline): the network must have
     the same modules for the strict load, although classification never runs the processor."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises several types for foreign or truncated files
-        raise CXRDataError(f"expected a PyTorch checkpoint of tensors, found {type(exc).__name__}: "
-                           f"{str(exc)[:300]}", path=path, field="checkpoint") from exc
-    state = state.get("model", state) if isinstance(state, Mapping) else state
-    if not isinstance(state, Mapping) or not any(str(k).startswith("clip.") for k in state):
+    state = read_state_dict(path, mmap=True)
+    if not any(name.startswith("clip.") for name in state):
         raise CXRDataError("expected eCLIP weights (a state dict with keys starting 'clip.', optionally "
                            "under 'model')", path=path, field="model")
-    return any(str(k).startswith("heatmap_processor.") for k in state)
+    return has_processor(state)
 
 
 def build_classifier(settings: AppSettings) -> ZeroShotClassifier:
