@@ -41,7 +41,8 @@ from eclip_monai.data.mimic import read_mimic_image_sizes
 from eclip_monai.data.phantom import ensure_phantom
 from eclip_monai.data.robust import SkipBadSamples, collate_skip_bad
 from eclip_monai.engines import SeededPasses
-from eclip_monai.transforms import FixationsToHeatmap, LoadCXRDicomd, build_tokenizer
+from eclip_monai.networks import build_tokenizer
+from eclip_monai.transforms import FixationsToHeatmap, LoadCXRDicomd
 from eclip_monai.transforms.pipelines import eval_transforms, train_transforms
 
 HEATMAP_TOLERANCE = 1e-5

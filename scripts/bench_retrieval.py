@@ -209,10 +209,11 @@ def bench_retrieval(args) -> dict:
 @torch.no_grad()
 def bench_zero_shot(args) -> dict:
     """Images/s of image embedding + zero-shot class scoring, against the image embedding alone."""
-    from eclip_monai.metrics.prompts import CHEXPERT_5X200_PROMPTS, expand_prompts
-    from eclip_monai.metrics.zero_shot import class_embeddings, zero_shot_scores
+    from eclip_monai.prompts import CHEXPERT_5X200_PROMPTS, expand_prompts
+    from eclip_monai.metrics.zero_shot import zero_shot_scores
+    from eclip_monai.networks.zero_shot import class_embeddings
     from eclip_monai.networks import build_eclip
-    from eclip_monai.transforms import build_tokenizer
+    from eclip_monai.networks import build_tokenizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

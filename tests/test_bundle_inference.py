@@ -19,12 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.errors import CXRDataError
 from eclip_monai.inference import image_datalist, image_stem, inference_transforms
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 from eclip_monai.transforms.io import LoadCXRImage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def tiny_checkpoint(path: Path, seed: int = 123) -> Path:
 def reference_outputs(checkpoint: Path, paths: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The development code path, in-process: ``stem -> (probabilities, embedding)``."""
     network = ZeroShotClassifier(build_eclip(TINY["model_name"], image_size=TINY["image_size"]),
-                                 build_tokenizer(TINY["model_name"]), PHANTOM_FINDINGS)
+                                 build_tokenizer(TINY["model_name"]), DEFAULT_FINDINGS)
     network.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     network.eval()
     transform = inference_transforms(TINY["image_size"])
@@ -108,7 +108,7 @@ def test_inference_writes_findings_and_embedding_for_dicom_png_and_nifti(bundle_
     for path in inputs.values():
         result, embedding = read_result(output_dir, image_stem(path))
         assert result["image"] == str(path.resolve())
-        assert list(result["findings"]) == list(PHANTOM_FINDINGS)
+        assert list(result["findings"]) == list(DEFAULT_FINDINGS)
         probabilities = np.array(list(result["findings"].values()))
         assert ((probabilities > 0) & (probabilities < 1)).all()
         assert embedding.shape == (256,) and embedding.dtype == np.float32
@@ -173,11 +173,11 @@ def test_inference_defaults_match_what_training_saves():
     train = json.loads((BUNDLE / "configs" / "train.json").read_text())
     for key in ("model_name", "image_size", "experts", "hf_model_name"):
         assert inference[key] == train[key], key
-    assert inference["findings"] == list(PHANTOM_FINDINGS)
+    assert inference["findings"] == list(DEFAULT_FINDINGS)
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     pred = metadata["network_data_format"]["outputs"]["pred"]
-    assert pred["num_channels"] == len(PHANTOM_FINDINGS)
-    assert list(pred["channel_def"].values()) == list(PHANTOM_FINDINGS)
+    assert pred["num_channels"] == len(DEFAULT_FINDINGS)
+    assert list(pred["channel_def"].values()) == list(DEFAULT_FINDINGS)
 
 
 def test_datalist_takes_images_and_extensionless_dicoms_sorted_and_skips_the_rest(phantom_dicom, tmp_path):

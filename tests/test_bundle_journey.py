@@ -4,10 +4,11 @@ A fresh virtual environment sees the project's third-party packages (a ``.pth`` 
 site-packages without running its editable-install hook) but not ``eclip_monai``, so only the archive's vendored
 copy can serve the configs. In it, every fenced command of ``bundle/docs/README.md`` runs verbatim, in order,
 from the folder that holds the unpacked bundle (only placeholder paths are substituted): download, inference,
-loading in Python, training, fine-tuning, multi-process training, evaluation, gaze attention, the metadata and
-network checks and both exports. ``monai.bundle.load`` is then called with MONAI's defaults and with each
-workflow type. The commands run once (a module fixture), in two ordered lanes that share nothing but the
-download (the training chain, and everything else), and the tests check what they left behind.
+loading in Python, training, fine-tuning, multi-process training, evaluation, gaze attention, report
+generation, the metadata and network checks and both exports. ``monai.bundle.load`` is then called with
+MONAI's defaults and with each workflow type. The commands run once (a module fixture), in two ordered lanes
+that share nothing but the download (the training chain, and everything else), and the tests check what they
+left behind.
 """
 
 from __future__ import annotations
@@ -165,24 +166,26 @@ def test_training_fine_tuning_and_evaluation_write_their_results(journey):
     assert {"chexpert_5x200", "rsna_pneumonia", "mimic_test"} <= set(metrics)
     gaze = json.loads((runs / "eclip" / "eval" / "gaze_attention.json").read_text())
     assert gaze["n_studies"] > 0 and gaze["n_gaze"] > 0
+    reports = json.loads((runs / "eclip" / "reports" / "metrics.json").read_text())
+    assert reports["n"] > 0 and reports["backend"] == "retrieval"
 
 
 def test_exports_match_the_eager_network(journey):
     import onnxruntime
     from monai.data import load_net_with_metadata
 
-    from eclip_monai.data.formats import PHANTOM_FINDINGS
+    from eclip_monai.data.formats import DEFAULT_FINDINGS
     from eclip_monai.networks import build_eclip
     from eclip_monai.networks.zero_shot import ZeroShotClassifier
-    from eclip_monai.transforms import build_tokenizer
+    from eclip_monai.networks import build_tokenizer
 
     eager = ZeroShotClassifier(build_eclip("eclip-tiny-cnn", image_size=64), build_tokenizer("eclip-tiny-cnn"),
-                               PHANTOM_FINDINGS)
+                               DEFAULT_FINDINGS)
     eager.load_state_dict(torch.load(journey["checkpoint"], weights_only=True)["model"])
     eager.eval()
     models = journey["work"] / NAME / "models"
     traced, meta, _ = load_net_with_metadata(str(models / "model.ts"))
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == len(PHANTOM_FINDINGS)
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == len(DEFAULT_FINDINGS)
     session = onnxruntime.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
     torch.manual_seed(0)
     for batch in (1, 3):

@@ -52,7 +52,7 @@ def test_archive_holds_configs_docs_license_weights_and_the_code(packaged, tmp_p
         names = set(zf.namelist())
         for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json",
                          "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/finetune.json",
-                         "configs/gaze_attention.json", "configs/logging.conf",
+                         "configs/gaze_attention.json", "configs/generate_reports.json", "configs/logging.conf",
                          "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml",
                          "models/model.pt", "eclip_monai/__init__.py", "eclip_monai/inference/engine.py",
                          "eclip_monai/networks/model_configs/eclip-tiny-cnn.json"):

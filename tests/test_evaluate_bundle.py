@@ -19,7 +19,7 @@ from eclip_monai.data.phantom import generate_phantom
 from eclip_monai.errors import CXRDataError
 from eclip_monai.evaluation import run_evaluation
 from eclip_monai.networks import build_eclip
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 from test_eval_sets import write_rsna
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eclip_monai.data import build_mimic_datalist
-from eclip_monai.data.formats import CHEXPERT_LABELS, PHANTOM_FINDINGS
+from eclip_monai.data.formats import CHEXPERT_LABELS, DEFAULT_FINDINGS
 from eclip_monai.metrics.labeler import (
     ABSENT,
     CHEXPERT_CODING,
@@ -114,11 +114,11 @@ def test_labeler_agrees_with_the_phantom_truth_and_labels(tmp_path):
     for item in items:
         labels = LABEL(item["report"])
         drawn = {f["name"] for f in truth[item["dicom_id"]]["findings"]}
-        for finding in PHANTOM_FINDINGS:
+        for finding in DEFAULT_FINDINGS:
             same_presence += (labels[finding] in (POSITIVE, UNCERTAIN)) == (finding in drawn)
             expected = item["labels"][CHEXPERT_LABELS.index(finding)]
             got = CHEXPERT_CODING[labels[finding]]
             same_status += bool(np.isnan(expected) and np.isnan(got)) or expected == got
-    pairs = len(items) * len(PHANTOM_FINDINGS)
+    pairs = len(items) * len(DEFAULT_FINDINGS)
     assert len(items) >= 30 and any(truth[i["dicom_id"]]["findings"] for i in items)
     assert same_presence / pairs >= 0.98 and same_status / pairs >= 0.98

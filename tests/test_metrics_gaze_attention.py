@@ -37,7 +37,7 @@ from eclip_monai.metrics.gaze_attention import (
 )
 from eclip_monai.networks import build_eclip
 from eclip_monai.transforms.pipelines import eval_transforms
-from eclip_monai.transforms.text import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 
 SIZE = 64
 

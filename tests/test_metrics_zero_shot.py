@@ -13,17 +13,13 @@ from sklearn.metrics import roc_auc_score
 from eclip_monai.data.eval_sets import RSNA_CLASSES
 from eclip_monai.data.formats import CHEXPERT_5X200_CLASSES, CXR14_CLASSES
 from eclip_monai.metrics import (
-    CHEXPERT_5X200_PROMPTS,
-    CXR14_PROMPTS,
-    RSNA_PROMPTS,
-    PromptSpec,
     ZeroShotClassification,
-    class_embeddings,
     classification_metrics,
-    expand_prompts,
     zero_shot_classification,
     zero_shot_scores,
 )
+from eclip_monai.networks.zero_shot import class_embeddings
+from eclip_monai.prompts import CHEXPERT_5X200_PROMPTS, CXR14_PROMPTS, RSNA_PROMPTS, PromptSpec, expand_prompts
 
 
 def clusters(n_per_class: int = 20, classes: int = 4, dim: int = 16, noise: float = 0.3, seed: int = 0):

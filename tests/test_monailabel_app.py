@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.data.phantom import ensure_phantom
 from eclip_monai.errors import CXRDataError
 from eclip_monai.evaluation.embed import eval_image_transforms
@@ -28,7 +28,7 @@ from eclip_monai.networks.checkpoint import load_weights
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import ReportIndex
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("monailabel") is None,
@@ -58,7 +58,7 @@ def _load_app_module(name: str):
 
 def _reference(checkpoint: Path) -> ZeroShotClassifier:
     network = build_eclip(model_name=MODEL, image_size=SIZE)
-    classifier = ZeroShotClassifier(network, build_tokenizer(MODEL), PHANTOM_FINDINGS)
+    classifier = ZeroShotClassifier(network, build_tokenizer(MODEL), DEFAULT_FINDINGS)
     return load_weights(classifier, checkpoint).eval()
 
 
@@ -140,7 +140,7 @@ def test_info_lists_the_two_models_and_the_dicom_studies(server):
     status, info = server.request("/info/")
     assert status == 200
     assert info["models"]["eclip_findings"]["type"] == "classification"
-    assert info["models"]["eclip_findings"]["labels"] == list(PHANTOM_FINDINGS)
+    assert info["models"]["eclip_findings"]["labels"] == list(DEFAULT_FINDINGS)
     assert "eclip_similar" in info["models"]
     assert info["datastore"]["total"] == STUDIES
 
@@ -150,7 +150,7 @@ def test_findings_are_the_in_process_classifier_probabilities(server):
         status, result = server.request("/infer/eclip_findings", image=image_id, output="json")
         assert status == 200, result
         prediction = result["prediction"]
-        assert [p["label"] for p in prediction] == list(PHANTOM_FINDINGS)
+        assert [p["label"] for p in prediction] == list(DEFAULT_FINDINGS)
         scores = torch.tensor([p["score"] for p in prediction])
         assert ((scores >= 0) & (scores <= 1)).all()
         with torch.no_grad():

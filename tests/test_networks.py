@@ -142,9 +142,9 @@ def test_processor_returns_the_input_shape_and_trains_every_parameter(size):
 
 
 def test_processor_rejects_sizes_that_do_not_tile_into_patches():
-    with pytest.raises(CXRDataError, match="divisible by the patch size 16"):
+    with pytest.raises(ValueError, match="image: expected height and width divisible by the patch size 16"):
         HeatmapProcessor()(torch.randn(1, 1, 100, 112), torch.rand(1, 1, 100, 112))
-    with pytest.raises(CXRDataError, match="heatmap"):
+    with pytest.raises(ValueError, match="heatmap: expected a heatmap batch"):
         HeatmapProcessor()(torch.randn(2, 1, 32, 32), torch.rand(2, 1, 16, 16))
 
 
@@ -241,7 +241,7 @@ def test_forward_appends_expert_images_after_the_main_batch_and_primes(tiny_ecli
         torch.testing.assert_close(out["image_features"][:4], tiny_eclip.encode_image(image))
     assert out["image_features"].shape == out["text_features"].shape == (6, 256)
     assert out["primed"].shape == image.shape
-    with pytest.raises(CXRDataError, match="4 main \\+ 2 expert"):
+    with pytest.raises(ValueError, match="text: expected one token row per image \\(4 main \\+ 2 expert\\)"):
         tiny_eclip(image, text[:4], expert_image=expert_image, expert_heatmap=heatmap)
 
 
@@ -402,7 +402,7 @@ def test_tiny_processor_patchifies_112_pixels_into_14_by_14_tokens():
 
 def test_cached_locked_text_tower_equals_the_uncached_one_and_persists(tmp_path):
     from eclip_monai.networks import packaged_text_model_dir
-    from eclip_monai.transforms import build_tokenizer
+    from eclip_monai.networks import build_tokenizer
 
     model_dir = packaged_text_model_dir()
     cache_file = tmp_path / "text_features.pt"

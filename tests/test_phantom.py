@@ -147,14 +147,14 @@ def test_chexpert_labels_agree_with_the_drawn_findings(world, truth):
     for record in frontal:
         row = labels.loc[record["study_id"]]
         drawn = {f["name"]: f["certain"] for f in record["findings"]}
-        for name in formats.PHANTOM_FINDINGS:
+        for name in formats.DEFAULT_FINDINGS:
             if name in drawn:
                 assert row[name] == (1.0 if drawn[name] else -1.0), (record["study_id"], name)
             else:
                 assert row[name] == 0.0 or np.isnan(row[name]), (record["study_id"], name)
         assert (row["No Finding"] == 1.0) == (not drawn)
         assert (row["Support Devices"] == 1.0) == any(d["name"] in SUPPORT_DEVICES for d in record["devices"])
-    assert (labels[list(formats.PHANTOM_FINDINGS)] == 0.0).any().any(), "negations must occur"
+    assert (labels[list(formats.DEFAULT_FINDINGS)] == 0.0).any().any(), "negations must occur"
 
 
 def test_reports_have_mimic_sections_negations_and_hedges(world, truth):
@@ -273,7 +273,7 @@ def test_evaluation_layouts_reference_existing_images(world):
     assert set(projections["projection"]) == {"Frontal", "Lateral"}
 
 
-@pytest.mark.parametrize("name", formats.PHANTOM_FINDINGS[1:])  # cardiomegaly enlarges the heart instead
+@pytest.mark.parametrize("name", formats.DEFAULT_FINDINGS[1:])  # cardiomegaly enlarges the heart instead
 def test_each_finding_is_drawn_inside_its_truth_ellipse_at_low_contrast(name):
     rng = np.random.default_rng(7)
     spec = make_spec(rng, name, certain=True)

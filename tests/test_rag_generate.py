@@ -1,8 +1,10 @@
-"""Report generation end to end: retrieval beats random reports, and the CLI writes, reuses and resumes."""
+"""Report generation end to end: retrieval beats random reports, and the bundle workflow writes, reuses and
+resumes."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from eclip_monai.data.formats import (
     MIMIC_METADATA_COLUMNS,
     MIMIC_METADATA_CSV,
     MIMIC_SPLIT_CSV,
-    PHANTOM_FINDINGS,
+    DEFAULT_FINDINGS,
     mimic_dicom_path,
     mimic_report_path,
 )
@@ -28,7 +30,7 @@ from eclip_monai.errors import CXRDataError
 from eclip_monai.metrics.labeler import ReportLabeler
 from eclip_monai.metrics.report_metrics import report_metrics
 from eclip_monai.rag import RandomReportBackend, ReportIndex, ReportRetriever, RetrievalOnlyBackend
-from eclip_monai.rag.generate import DEFAULT_CONFIG, generate_reports, main
+from eclip_monai.rag.generate import generate_reports
 
 STATED = {
     "Cardiomegaly": ["Moderate cardiomegaly.", "The heart is mildly enlarged."],
@@ -43,14 +45,17 @@ NEGATED = {"Cardiomegaly": "Heart size is normal.", "Pleural Effusion": "No pleu
            "Pneumothorax": "No pneumothorax.", "Edema": "No pulmonary edema."}
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def phantom_like_reports(n: int, seed: int) -> tuple[list[str], np.ndarray]:
     """Reports in varied wording with negations, and the (n, 7) findings they were written from."""
     rng = np.random.default_rng(seed)
-    present = rng.random((n, len(PHANTOM_FINDINGS))) < 0.25
+    present = rng.random((n, len(DEFAULT_FINDINGS))) < 0.25
     reports = []
     for row in present:
-        sentences = [str(rng.choice(STATED[f])) for f, on in zip(PHANTOM_FINDINGS, row) if on]
-        sentences += [NEGATED[f] for f, on in zip(PHANTOM_FINDINGS, row) if not on and f in NEGATED
+        sentences = [str(rng.choice(STATED[f])) for f, on in zip(DEFAULT_FINDINGS, row) if on]
+        sentences += [NEGATED[f] for f, on in zip(DEFAULT_FINDINGS, row) if not on and f in NEGATED
                       and rng.random() < 0.5]
         reports.append(" ".join(sentences) or "No acute cardiopulmonary process.")
     return reports, present
@@ -65,7 +70,7 @@ class FindingNet(nn.Module):
 
 
 def label_tokenizer(texts) -> torch.Tensor:
-    codes = ReportLabeler().label_matrix(texts, PHANTOM_FINDINGS)
+    codes = ReportLabeler().label_matrix(texts, DEFAULT_FINDINGS)
     return torch.from_numpy((codes == 1.0).astype(np.float32))
 
 
@@ -149,19 +154,28 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-def cli(dataset, out, *extra):
-    return main(["--config", str(DEFAULT_CONFIG), "--out", str(out),
-                 "--dataset_dir", str(dataset[0]), "--model_name", "eclip-tiny", "--image_size", "64",
-                 "--device", "cpu", "--batch_size", "4",
-                 "--retrieval#k", "3", "--retrieval#diverse", "false", *map(str, extra)])
+def generate(dataset, out, checkpoints, **overrides):
+    """``bundle/configs/generate_reports.json`` merged after ``train.json``, run in-process as
+    ``python -m monai.bundle run`` runs it."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [str(ROOT / "bundle" / "configs" / name) for name in ("train.json", "generate_reports.json")]
+    settings = {"dataset_dir": str(dataset[0]), "generate_phantom": False, "model_name": "eclip-tiny",
+                "image_size": 64, "device": "$torch.device('cpu')", "batch_size": 4, "num_workers": 0,
+                "reports_dir": str(out), "report_checkpoints": {k: str(v) for k, v in checkpoints.items()},
+                "retrieval#k": 3, "retrieval#diverse": False, **overrides}
+    workflow = ConfigWorkflow(configs, logging_file=False, **settings)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_cli_writes_generations_csv_and_metrics_skipping_an_unreadable_image(dataset, checkpoints, tmp_path):
-    assert cli(dataset, tmp_path, "--checkpoint", checkpoints[0]) == 0
+def test_workflow_writes_generations_csv_and_metrics_skipping_an_unreadable_image(dataset, checkpoints, tmp_path):
+    generate(dataset, tmp_path, {"run": checkpoints[0]})
     records = read_jsonl(tmp_path / "generated.jsonl")
     assert [r["dicom_id"] for r in records] == ["dcm008", "dcm009"]  # dcm010 is not a DICOM
     train_reports = {json.loads(line)["report"] for line in (tmp_path / "index" / "reports.jsonl").open()}
@@ -178,8 +192,8 @@ def test_cli_writes_generations_csv_and_metrics_skipping_an_unreadable_image(dat
     assert metrics["checkpoint_sha256"] and metrics["backend"] == "retrieval"
 
 
-def test_cli_reuses_the_index_and_resumes_without_regenerating(dataset, checkpoints, tmp_path, monkeypatch):
-    cli(dataset, tmp_path, "--checkpoint", checkpoints[0])
+def test_workflow_reuses_the_index_and_resumes_without_regenerating(dataset, checkpoints, tmp_path, monkeypatch):
+    generate(dataset, tmp_path, {"run": checkpoints[0]})
     jsonl = tmp_path / "generated.jsonl"
     first = read_jsonl(jsonl)
     # as if the run had been killed while writing the second record
@@ -190,26 +204,25 @@ def test_cli_reuses_the_index_and_resumes_without_regenerating(dataset, checkpoi
                         lambda *a, **k: encoded.append(1) or original_embed(*a, **k))
     monkeypatch.setattr(RetrievalOnlyBackend, "generate",
                         lambda self, *a: generated.append(1) or original_generate(self, *a))
-    cli(dataset, tmp_path, "--checkpoint", checkpoints[0], "--resume")
+    generate(dataset, tmp_path, {"run": checkpoints[0]}, resume_reports=True)
     assert not encoded and len(generated) == 1 and read_jsonl(jsonl) == first
-    cli(dataset, tmp_path, "--checkpoint", checkpoints[1])  # another checkpoint: the index is rebuilt
+    generate(dataset, tmp_path, {"run": checkpoints[1]})  # another checkpoint: the index is rebuilt
     assert encoded == [1]
 
 
-def test_cli_compares_two_checkpoints_side_by_side(dataset, checkpoints, tmp_path):
-    cli(dataset, tmp_path, "--checkpoint", f"eclip={checkpoints[0]}",
-        "--checkpoint", f"clip={checkpoints[1]}", "--llm#backend", "random")
+def test_workflow_compares_two_checkpoints_side_by_side(dataset, checkpoints, tmp_path):
+    generate(dataset, tmp_path, {"eclip": checkpoints[0], "clip": checkpoints[1]}, **{"llm#backend": "random"})
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary["name"].tolist() == ["eclip", "clip"]
     for name in ("eclip", "clip"):
         assert json.loads((tmp_path / name / "metrics.json").read_text())["backend"] == "random"
 
 
-def test_cli_with_a_local_transformers_llm(dataset, checkpoints, tmp_path):
+def test_workflow_with_a_local_transformers_llm(dataset, checkpoints, tmp_path):
     from test_rag_llm_hf import save_tiny_llm
 
     model_dir = save_tiny_llm(tmp_path / "llm")
-    llm = json.dumps({"backend": "hf", "model_dir": model_dir, "max_new_tokens": 6, "device": "cpu"})
-    cli(dataset, tmp_path / "out", "--checkpoint", checkpoints[0], "--llm", llm, "--prompt#few_shot", "1")
+    llm = {"backend": "hf", "model_dir": str(model_dir), "max_new_tokens": 6, "device": "cpu"}
+    generate(dataset, tmp_path / "out", {"run": checkpoints[0]}, llm=llm, **{"prompt#few_shot": 1})
     records = read_jsonl(tmp_path / "out" / "generated.jsonl")
     assert len(records) == 2 and all(isinstance(r["generated"], str) and r["generated"] for r in records)

@@ -235,3 +235,18 @@ def test_save_overlay_png_draws_heatmap_colour_and_fixation_dots(tmp_path):
     assert Image.open(hot).size[1] > Image.open(plain).size[1]  # room for the title
     assert _colour_pixels(plain) == 0
     assert _colour_pixels(hot) > 50 and _colour_pixels(dots) > 10
+
+
+def test_a_misconfigured_pipeline_stops_the_run_instead_of_skipping_every_sample():
+    from monai.data import Dataset
+
+    from eclip_monai.data.robust import SkipBadSamples
+
+    sample = {"image": torch.zeros(1, 32, 32), "fixations": np.array([[10.0, 12.0, 0.5]])}
+    typo = FixationsToHeatmapd(ref_key="imgae", sigma=2.0, sigma_unit="px")
+    with pytest.raises(RuntimeError) as failure:  # MONAI's apply_transform wraps what the transform raised
+        SkipBadSamples(Dataset([sample], typo))[0]
+    assert isinstance(failure.value.__cause__, KeyError)
+    assert "imgae: the reference image that sizes the heatmap is not in the sample" in str(failure.value.__cause__)
+    bad_fixations = {**sample, "fixations": np.array([[np.nan, 1.0, 0.5]])}  # one sample's fault: skipped
+    assert SkipBadSamples(Dataset([bad_fixations], FixationsToHeatmapd(sigma=2.0, sigma_unit="px")))[0] is None

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from eclip_monai.errors import CXRDataError
+from eclip_monai.networks import build_tokenizer
 from eclip_monai.transforms import (
     CLAHE,
     ExtractReportSectiond,
@@ -23,7 +24,6 @@ from eclip_monai.transforms import (
     RandResizedCropd,
     ResizeShortestSide,
     TokenizeTextd,
-    build_tokenizer,
     deterministic_prefix,
     eval_transforms,
     train_transforms,

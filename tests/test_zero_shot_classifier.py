@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from eclip_monai.networks import build_eclip
-from eclip_monai.networks.zero_shot import ZeroShotClassifier, finding_prompts
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks.zero_shot import ZeroShotClassifier
+from eclip_monai.prompts import finding_prompts
+from eclip_monai.networks import build_tokenizer
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
 

@@ -239,8 +239,8 @@ CXR14_CLASSES = (
 )
 CXR14_IMAGE_DIR = "images"
 
-# --- The phantom world's findings (a subset of the CheXpert labels, plus normal) -----------------------------
-PHANTOM_FINDINGS = (
+# --- The findings scored by default (CheXpert observation names), which the phantom world also draws ------
+DEFAULT_FINDINGS = (
     "Cardiomegaly",
     "Pleural Effusion",
     "Pneumothorax",

@@ -13,7 +13,7 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 
-from eclip_monai.engines.trainer import _to_device
+from eclip_monai.engines.trainer import to_device
 from eclip_monai.metrics.retrieval import report_group_id
 
 __all__ = ["ECLIPEvaluator"]
@@ -37,8 +37,8 @@ class ECLIPEvaluator(SupervisedEvaluator):
 
     def _iteration(self, engine: ECLIPEvaluator, batchdata: dict[str, Any]) -> dict:
         move = dict(non_blocking=self.non_blocking, **self.to_kwargs)
-        image = _to_device(batchdata[self.image_key], self.state.device, **move)
-        text = _to_device(batchdata[self.text_key], self.state.device, **move)
+        image = to_device(batchdata[self.image_key], self.state.device, **move)
+        text = to_device(batchdata[self.text_key], self.state.device, **move)
         groups = torch.tensor([report_group_id(r) for r in batchdata[self.report_key]], dtype=torch.long)
         engine.network.eval()
         with torch.no_grad(), torch.autocast(self.state.device.type, enabled=bool(engine.amp), **engine.amp_kwargs):

@@ -21,7 +21,7 @@ import torch
 from monai.transforms import Randomizable
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from eclip_monai.engines.seeding import MAX_SEED, derive_seed
+from eclip_monai.seeding import MAX_SEED, derive_seed
 
 logger = logging.getLogger(__name__)
 

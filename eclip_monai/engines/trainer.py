@@ -37,7 +37,7 @@ from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
 from eclip_monai.data.robust import SKIPPED_KEY
-from eclip_monai.engines.seeding import derive_seed
+from eclip_monai.seeding import derive_seed
 from eclip_monai.engines.streams import ExpertStream, ResumableLoader
 from eclip_monai.losses import PrimingLoss, batch_retrieval_accuracy
 
@@ -51,9 +51,9 @@ def _rows(value: Any, rows: int) -> Any:
     return value[:rows]
 
 
-def _to_device(value: Any, device: torch.device, **kwargs: Any) -> Any:
+def to_device(value: Any, device: torch.device, **kwargs: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _to_device(v, device, **kwargs) for k, v in value.items()}
+        return {k: to_device(v, device, **kwargs) for k, v in value.items()}
     if isinstance(value, MetaTensor):  # the towers need no metadata; plain tensors skip MetaTensor dispatch
         value = value.as_tensor()
     return value.to(device, **kwargs) if isinstance(value, torch.Tensor) else value
@@ -150,7 +150,7 @@ class ECLIPTrainer(SupervisedTrainer):
     def _load(self, batch: Mapping, key: str, rows: int) -> Any:
         """The first ``rows`` rows of ``batch[key]`` on the device."""
         value = _rows(batch[key], rows)
-        return _to_device(value, self.state.device, non_blocking=self.non_blocking, **self.to_kwargs)
+        return to_device(value, self.state.device, non_blocking=self.non_blocking, **self.to_kwargs)
 
     def _common_sizes(self, n_main: int, n_expert: int) -> tuple[int, int]:
         """Under DDP, the smallest main and expert batch over the ranks, to which every rank trims: the

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from eclip_monai.data.robust import SKIPPED_KEY, SkipBadSamples, collate_skip_bad
 from eclip_monai.errors import CXRDataError
-from eclip_monai.metrics.zero_shot import class_embeddings
+from eclip_monai.networks.zero_shot import class_embeddings
 from eclip_monai.transforms.dicom import LoadCXRDicomd
 from eclip_monai.transforms.io import LoadCXRImaged
 from eclip_monai.transforms.pipelines import eval_transforms

@@ -17,13 +17,13 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path: str | os.PathLike) -> str:
+def save_figure(figure: Figure, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     figure.savefig(path, bbox_inches="tight")
@@ -37,7 +37,7 @@ def plot_modality_gap(image_features: torch.Tensor, text_features: torch.Tensor,
     image, text = (F.normalize(x.detach().double(), dim=-1).numpy() for x in (image_features, text_features))
     projected = PCA(n_components=2).fit_transform(np.concatenate([image, text]))
     image2d, text2d = projected[: len(image)], projected[len(image) :]
-    figure = _figure(6, 5.5)
+    figure = new_figure(6, 5.5)
     axes = figure.add_subplot()
     for a, b in zip(image2d[:pairs], text2d[:pairs]):
         axes.plot([a[0], b[0]], [a[1], b[1]], color="0.7", linewidth=0.6, zorder=1)
@@ -50,7 +50,7 @@ def plot_modality_gap(image_features: torch.Tensor, text_features: torch.Tensor,
     axes.set_xlabel("PC 1")
     axes.set_ylabel("PC 2")
     axes.legend(loc="best")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_class_similarity(similarity: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike,
@@ -59,7 +59,7 @@ def plot_class_similarity(similarity: torch.Tensor, class_names: Sequence[str], 
     mean the text tower barely tells those classes apart."""
     matrix = np.asarray(similarity, dtype=float)
     size = 1.5 + 0.7 * len(class_names)
-    figure = _figure(size + 1.5, size)
+    figure = new_figure(size + 1.5, size)
     axes = figure.add_subplot()
     shown = axes.imshow(matrix, cmap="viridis", vmin=min(0.0, matrix.min()), vmax=1.0)
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
@@ -69,7 +69,7 @@ def plot_class_similarity(similarity: torch.Tensor, class_names: Sequence[str], 
                   color="black" if value > 0.6 else "white")
     figure.colorbar(shown, ax=axes)
     axes.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_retrieval_gallery(images: Sequence[np.ndarray], retrieved: Sequence[Sequence[str]],
@@ -78,7 +78,7 @@ def plot_retrieval_gallery(images: Sequence[np.ndarray], retrieved: Sequence[Seq
     """One row per query: the image, then its top-k reports (first ``words`` words each), ✓ green for a
     report of the query's own study, ✗ grey otherwise."""
     rows = len(images)
-    figure = _figure(11, 2.4 * rows)
+    figure = new_figure(11, 2.4 * rows)
     grid = figure.add_gridspec(rows, 2, width_ratios=(1, 3.5))
     for row, (image, reports, flags) in enumerate(zip(images, retrieved, hits)):
         axes = figure.add_subplot(grid[row, 0])
@@ -93,4 +93,4 @@ def plot_retrieval_gallery(images: Sequence[np.ndarray], retrieved: Sequence[Seq
             text_axes.text(0, 1 - (rank + 0.5) / max(len(reports), 1), line, va="center", fontsize=9,
                            color="tab:green" if hit else "0.35", transform=text_axes.transAxes)
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)

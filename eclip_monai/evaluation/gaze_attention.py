@@ -52,7 +52,7 @@ from eclip_monai.data.phantom.generate import DATASET_DIRS, TRUTH_FILE
 from eclip_monai.data.robust import SkipBadSamples
 from eclip_monai.errors import CXRDataError
 from eclip_monai.evaluation.embed import prompt_class_embeddings
-from eclip_monai.evaluation.figures import _figure, _save
+from eclip_monai.evaluation.figures import new_figure, save_figure
 from eclip_monai.metrics.gaze_attention import (
     GAZE_TOP_FRACTION,
     SCORE_KEYS,
@@ -61,7 +61,7 @@ from eclip_monai.metrics.gaze_attention import (
     similarity_saliency,
     summarise_scores,
 )
-from eclip_monai.networks.zero_shot import finding_prompts
+from eclip_monai.prompts import finding_prompts
 from eclip_monai.transforms.augment import ResizeShortestSided
 from eclip_monai.transforms.dicom import LoadCXRDicomd
 from eclip_monai.transforms.heatmap import FixationsToHeatmapd
@@ -368,7 +368,7 @@ def plot_gaze_attention(examples: Sequence[GazeAttentionExample], path: str | os
     """One row per study: the image with its finding regions outlined, the union-of-findings saliency, and
     the gaze heatmap (or "no gaze"), each overlaid on the image and titled with that study's scores."""
     rows = max(len(examples), 1)
-    figure = _figure(9, 3.1 * rows)
+    figure = new_figure(9, 3.1 * rows)
     for row, example in enumerate(examples):
         panels = (("image + finding regions", None),
                   (f"saliency: pointing {example.scores['pointing_game']:.2f}, "
@@ -388,7 +388,7 @@ def plot_gaze_attention(examples: Sequence[GazeAttentionExample], path: str | os
             heading = f"{example.dicom_id[:8]}: {', '.join(example.findings)}\n" if col == 0 else ""
             axes.set_title(heading + label, fontsize=8)
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def run_gaze_attention(network: nn.Module, tokenizer, dataset_dir: str | os.PathLike,

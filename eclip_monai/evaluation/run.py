@@ -38,7 +38,7 @@ from eclip_monai.evaluation.embed import (
 from eclip_monai.evaluation.figures import plot_class_similarity, plot_modality_gap, plot_retrieval_gallery
 from eclip_monai.metrics.embedding_quality import cosine_similarity_matrix, embedding_quality
 from eclip_monai.metrics.linear_probe import linear_probe, subsample_indices
-from eclip_monai.metrics.prompts import CHEXPERT_5X200_PROMPTS, CXR14_PROMPTS, RSNA_PROMPTS, expand_prompts
+from eclip_monai.prompts import CHEXPERT_5X200_PROMPTS, CXR14_PROMPTS, RSNA_PROMPTS, expand_prompts
 from eclip_monai.metrics.retrieval import cross_modal_recall, report_group_id, topk_search, unique_by_group
 from eclip_monai.metrics.zero_shot import zero_shot_classification
 from eclip_monai.transforms.io import LoadCXRImage

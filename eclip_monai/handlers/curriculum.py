@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from eclip_monai.engines.seeding import derive_seed
+from eclip_monai.seeding import derive_seed
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

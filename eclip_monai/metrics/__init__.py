@@ -1,5 +1,6 @@
 """Evaluation metrics over embeddings, as functions and as Ignite metrics (gathered across ranks under DDP):
-retrieval recall, zero-shot classification with prompt ensembles, linear probes, embedding quality."""
+retrieval recall, zero-shot classification with prompt ensembles (wording in ``eclip_monai.prompts``), linear
+probes, embedding quality."""
 
 from eclip_monai.metrics.classification import classification_metrics, macro_auroc
 from eclip_monai.metrics.embedding_quality import (
@@ -13,13 +14,6 @@ from eclip_monai.metrics.embedding_quality import (
 from eclip_monai.metrics.gathered import GatheredMetric
 from eclip_monai.metrics.gaze_attention import GazeAttention, similarity_saliency
 from eclip_monai.metrics.linear_probe import linear_probe, subsample_indices
-from eclip_monai.metrics.prompts import (
-    CHEXPERT_5X200_PROMPTS,
-    CXR14_PROMPTS,
-    RSNA_PROMPTS,
-    PromptSpec,
-    expand_prompts,
-)
 from eclip_monai.metrics.retrieval import (
     CrossModalRecall,
     chunked_topk,
@@ -32,29 +26,22 @@ from eclip_monai.metrics.retrieval import (
 )
 from eclip_monai.metrics.zero_shot import (
     ZeroShotClassification,
-    class_embeddings,
     zero_shot_classification,
     zero_shot_scores,
 )
 
 __all__ = [
-    "CHEXPERT_5X200_PROMPTS",
-    "CXR14_PROMPTS",
-    "RSNA_PROMPTS",
     "CrossModalRecall",
     "EmbeddingQuality",
     "GatheredMetric",
     "GazeAttention",
-    "PromptSpec",
     "ZeroShotClassification",
     "alignment",
     "chunked_topk",
-    "class_embeddings",
     "classification_metrics",
     "cosine_similarity_matrix",
     "cross_modal_recall",
     "embedding_quality",
-    "expand_prompts",
     "faiss_topk",
     "linear_probe",
     "macro_auroc",

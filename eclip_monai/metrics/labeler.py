@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 
 POSITIVE, NEGATIVE, UNCERTAIN, ABSENT = "positive", "negative", "uncertain", "absent"
 CHEXPERT_CODING = {POSITIVE: 1.0, NEGATIVE: 0.0, UNCERTAIN: -1.0, ABSENT: float("nan")}
 SUPPORT_DEVICES, NO_FINDING = "Support Devices", "No Finding"
-LABELED_FINDINGS = (*PHANTOM_FINDINGS, SUPPORT_DEVICES, NO_FINDING)
+LABELED_FINDINGS = (*DEFAULT_FINDINGS, SUPPORT_DEVICES, NO_FINDING)
 
 _HEART = r"(?:heart|cardiac|cardiomediastinal)(?: size| silhouette| contours?)?"
 MENTIONS: dict[str, tuple[str, ...]] = {
@@ -160,7 +160,7 @@ class ReportLabeler:
         labels[NO_FINDING] = ABSENT if abnormal else POSITIVE
         return labels
 
-    def label_matrix(self, texts: Iterable[str], findings: Sequence[str] = PHANTOM_FINDINGS) -> np.ndarray:
+    def label_matrix(self, texts: Iterable[str], findings: Sequence[str] = DEFAULT_FINDINGS) -> np.ndarray:
         """(N, F) float32 in MIMIC-CXR-JPG's CheXpert coding: 1 positive, 0 negative, -1 uncertain, NaN
         absent."""
         rows = [[CHEXPERT_CODING[labels[f]] for f in findings] for labels in map(self, texts)]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.metrics.labeler import CHEXPERT_CODING, POSITIVE, UNCERTAIN, ReportLabeler
 
 
@@ -115,7 +115,7 @@ def report_metrics(
     generated: Sequence[str],
     references: Sequence[str],
     *,
-    findings: Sequence[str] = PHANTOM_FINDINGS,
+    findings: Sequence[str] = DEFAULT_FINDINGS,
     labeler: ReportLabeler | None = None,
     reference_labels: np.ndarray | None = None,
     uncertain_as_positive: bool = True,

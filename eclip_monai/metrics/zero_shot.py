@@ -9,12 +9,7 @@ import torch.nn.functional as F
 
 from eclip_monai.metrics.classification import classification_metrics
 from eclip_monai.metrics.gathered import GatheredMetric
-
-
-def class_embeddings(prompt_features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(C, D) class embeddings from one (P_c, D) tensor of prompt embeddings per class: the mean of the
-    L2-normalised prompt embeddings, renormalised (an ensemble, so no single phrasing dominates)."""
-    return F.normalize(torch.stack([F.normalize(p.float(), dim=-1).mean(0) for p in prompt_features]), dim=-1)
+from eclip_monai.networks.zero_shot import class_embeddings
 
 
 def zero_shot_scores(

@@ -7,6 +7,7 @@ from eclip_monai.networks.towers import (
     DEFAULT_MODEL,
     ECLIP_MODELS,
     adapt_input_channels,
+    build_tokenizer,
     create_clip_model,
     packaged_text_model_dir,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "HeatmapProcessor",
     "adapt_input_channels",
     "build_eclip",
+    "build_tokenizer",
     "create_clip_model",
     "load_weights",
     "packaged_text_model_dir",

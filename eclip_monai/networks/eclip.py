@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from eclip_monai.errors import CXRDataError
 from eclip_monai.networks.heatmap_processor import HeatmapProcessor
 from eclip_monai.networks.text_cache import FrozenTextCache
 from eclip_monai.networks.towers import create_clip_model
@@ -146,16 +145,11 @@ class ECLIP(nn.Module):
         ``logit_scale`` and, when ``prime``, ``primed`` = HP(image, 1).
         """
         if (expert_image is None) != (expert_heatmap is None):
-            raise CXRDataError(
-                "expected expert_image and expert_heatmap together, found only one", field="expert_heatmap"
-            )
+            raise ValueError("expert_heatmap: expected expert_image and expert_heatmap together, found only one")
         n_expert = 0 if expert_image is None else expert_image.shape[0]
         if text.shape[0] != image.shape[0] + n_expert:
-            raise CXRDataError(
-                f"expected one token row per image ({image.shape[0]} main + {n_expert} expert), "
-                f"found {text.shape[0]}",
-                field="text",
-            )
+            raise ValueError(f"text: expected one token row per image ({image.shape[0]} main + {n_expert} expert), "
+                             f"found {text.shape[0]}")
         image_features = self.encode_image(image)
         if expert_image is not None:
             mixed = self.expert_images(expert_image, expert_heatmap)

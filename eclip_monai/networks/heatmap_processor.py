@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eclip_monai.errors import CXRDataError
 
 
 class HeatmapProcessor(nn.Module):
@@ -54,19 +53,11 @@ class HeatmapProcessor(nn.Module):
     def _check_shapes(self, image: torch.Tensor, heatmap: torch.Tensor) -> None:
         channels = self.patchify.in_channels
         if image.ndim != 4 or image.shape[1] != channels:
-            raise CXRDataError(
-                f"expected an image batch (B, {channels}, H, W), found {tuple(image.shape)}", field="image"
-            )
+            raise ValueError(f"image: expected an image batch (B, {channels}, H, W), found {tuple(image.shape)}")
         if image.shape[-2] % self.patch_size or image.shape[-1] % self.patch_size:
-            raise CXRDataError(
-                f"expected height and width divisible by the patch size {self.patch_size}, "
-                f"found {tuple(image.shape[-2:])}",
-                field="image",
-            )
+            raise ValueError(f"image: expected height and width divisible by the patch size {self.patch_size}, "
+                             f"found {tuple(image.shape[-2:])}")
         matches = heatmap.ndim == 4 and heatmap.shape[0] == image.shape[0] and heatmap.shape[1] in (1, channels)
         if not matches or heatmap.shape[-2:] != image.shape[-2:]:
-            raise CXRDataError(
-                f"expected a heatmap batch (B, 1 or {channels}, H, W) matching the image "
-                f"{tuple(image.shape)}, found {tuple(heatmap.shape)}",
-                field="heatmap",
-            )
+            raise ValueError(f"heatmap: expected a heatmap batch (B, 1 or {channels}, H, W) matching the image "
+                             f"{tuple(image.shape)}, found {tuple(heatmap.shape)}")

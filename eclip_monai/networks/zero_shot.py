@@ -15,39 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
-from eclip_monai.metrics.zero_shot import class_embeddings
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.networks.eclip import ECLIP
-
-# Report wording of each CheXpert observation; a finding not listed here is prompted by its lower-cased name.
-FINDING_TERMS: dict[str, tuple[str, ...]] = {
-    "Atelectasis": ("atelectasis", "basilar atelectasis"),
-    "Cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette"),
-    "Consolidation": ("consolidation", "focal consolidation"),
-    "Edema": ("pulmonary edema", "interstitial edema"),
-    "Enlarged Cardiomediastinum": ("enlarged cardiomediastinum", "widened mediastinum"),
-    "Fracture": ("rib fracture", "fracture"),
-    "Lung Lesion": ("pulmonary nodule", "lung nodule"),
-    "Lung Opacity": ("lung opacity", "airspace opacity"),
-    "Pleural Effusion": ("pleural effusion", "effusion"),
-    "Pleural Other": ("pleural thickening",),
-    "Pneumonia": ("pneumonia",),
-    "Pneumothorax": ("pneumothorax", "apical pneumothorax"),
-    "Support Devices": ("support devices", "endotracheal tube"),
-}
+from eclip_monai.prompts import finding_prompts
 
 
-def finding_prompts(findings: Sequence[str], terms: Mapping[str, Sequence[str]] | None = None
-                    ) -> dict[str, tuple[list[str], list[str]]]:
-    """``finding -> (positive prompts, negative prompts)``: each term, and "no <term>"."""
-    terms = {**FINDING_TERMS, **(terms or {})}
-    prompts = {}
-    for finding in findings:
-        words = list(terms.get(finding, (finding.lower(),)))
-        if not words:
-            raise ValueError(f"finding {finding!r} has an empty list of prompt terms")
-        prompts[finding] = (words, [f"no {word}" for word in words])
-    return prompts
+def class_embeddings(prompt_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(C, D) class embeddings from one (P_c, D) tensor of prompt embeddings per class: the mean of the
+    L2-normalised prompt embeddings, renormalised (an ensemble, so no single phrasing dominates)."""
+    return F.normalize(torch.stack([F.normalize(p.float(), dim=-1).mean(0) for p in prompt_features]), dim=-1)
 
 
 class ZeroShotClassifier(nn.Module):
@@ -58,12 +34,12 @@ class ZeroShotClassifier(nn.Module):
 
     Args:
         network: a (trained or to-be-loaded) ``ECLIP``.
-        tokenizer: the text tower's tokenizer (``transforms.build_tokenizer``).
+        tokenizer: the text tower's tokenizer (``networks.build_tokenizer``).
         findings: names of the findings to score, in output order.
-        terms: optional ``finding -> prompt terms`` overriding ``FINDING_TERMS``.
+        terms: optional ``finding -> prompt terms`` overriding ``prompts.FINDING_TERMS``.
     """
 
-    def __init__(self, network: ECLIP, tokenizer: Callable, findings: Sequence[str] = PHANTOM_FINDINGS,
+    def __init__(self, network: ECLIP, tokenizer: Callable, findings: Sequence[str] = DEFAULT_FINDINGS,
                  terms: Mapping[str, Sequence[str]] | None = None):
         super().__init__()
         if not findings:

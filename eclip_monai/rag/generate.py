@@ -1,38 +1,21 @@
 """Retrieval-augmented report generation: index the training reports, retrieve for each test image, write.
 
-Usage::
+A MONAI bundle workflow, ``bundle/configs/generate_reports.json``, merged after ``train.json`` (and the
+overlays the checkpoint was trained with)::
 
-    python -m eclip_monai.rag.generate --config configs/report_generation.json [more configs ...] \\
-        --checkpoint [NAME=]PATH [--checkpoint NAME=PATH ...] --out DIR [--resume] [--KEY#SUBKEY VALUE ...]
+    python -m monai.bundle run --config_file "['bundle/configs/train.json','configs/tiny_cpu.json',\
+        'bundle/configs/generate_reports.json']" [--report_checkpoints "{'eclip': A, 'clip': B}"] [--llm#backend hf]
 
 For each checkpoint: build or reuse the report index over ``index_splits`` (in ``index_dir``, default
 ``<out>/index``), embed the ``query_splits`` images, retrieve, generate, and write ``generated.jsonl`` (one
 record per image, appended as it is produced), ``generated.csv`` (dicom_id, study_id, reference, generated,
-retrieved_ids) and ``metrics.json``. Several checkpoints write to ``DIR/NAME/`` each, plus ``DIR/summary.csv``
-comparing them. ``--resume`` keeps the records already in ``generated.jsonl`` and generates only the rest.
-
-Config keys (MONAI bundle syntax: later ``--config`` files and ``--a#b value`` overrides win):
-
-- ``dataset_dir`` / ``mimic_root``: the MIMIC-CXR layout read (default: the phantom data, ``data/phantom``).
-- ``report_sections``: report sections used as text (FINDINGS + IMPRESSION).
-- ``index_splits`` / ``query_splits``: splits indexed and generated for; ``max_queries``: first N images only.
-- ``model_name``, ``image_size``, ``hf_model_name``: the eCLIP towers the checkpoint was trained with (the
-  keys of ``bundle/configs/train.json``, so ``configs/tiny_cpu.json`` can be layered on top).
-- ``checkpoint``: used when no ``--checkpoint`` is given; null runs the untrained network (smoke tests).
-- ``index_dir``, ``device`` (``"auto"``: CUDA when available), ``batch_size``, ``num_workers``, ``seed``.
-- ``retrieval``: ``k`` reports per image; ``diverse`` picks them by k-means over the top ``candidates``.
-- ``prompt``: ``few_shot`` example reports drawn from the index, ``max_chars`` / ``max_tokens`` budget (for
-  the ``hf`` back-end ``max_tokens`` defaults to the model's context minus ``max_new_tokens``),
-  ``instruction`` (null: ``rag.prompt.DEFAULT_INSTRUCTION``).
-- ``llm``: ``{"backend": "retrieval" | "random" | "hf" | "openai", ...}`` plus the back-end's arguments
-  (see ``eclip_monai.rag.llm``).
-- ``metrics``: ``embedding_model_dir`` (a local sentence encoder; null skips that score),
-  ``uncertain_as_positive``.
+retrieved_ids) and ``metrics.json``. Several checkpoints write to ``<out>/<name>/`` each, plus
+``<out>/summary.csv`` comparing them; ``resume`` keeps the records already in ``generated.jsonl`` and generates
+only the rest. The config keys are listed in ``docs/report_generation.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -42,7 +25,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from monai.bundle import ConfigParser
 from torch import nn
 from tqdm import tqdm
 
@@ -55,10 +37,9 @@ from eclip_monai.rag.index import ReportIndex
 from eclip_monai.rag.llm import HFCausalLM, ReportBackend, build_backend
 from eclip_monai.rag.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from eclip_monai.rag.retrieve import ReportRetriever, embed_images
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 
 logger = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "report_generation.json"
 CHAT_TEMPLATE_MARGIN = 64  # tokens a chat template may add around the message contents
 SUMMARY_COLUMNS = ("bleu2", "bleu4", "rougeL", "finding_micro_f1", "finding_macro_f1", "n")
 CSV_COLUMNS = ("dicom_id", "study_id", "reference", "generated", "retrieved_ids")
@@ -184,39 +165,21 @@ def run(config: Mapping, out_dir: str | os.PathLike, checkpoint: str | None = No
     return metrics
 
 
-def load_config(files: Sequence[str | os.PathLike], overrides: Mapping[str, object] | None = None) -> dict:
-    """Merge config files (later wins), apply ``{"a#b": value}`` overrides, resolve ``@`` and ``$``."""
-    parser = ConfigParser()
-    parser.read_config([os.fspath(f) for f in files])
-    parser.update(dict(overrides or {}))
-    return {key: parser.get_parsed_content(key) for key in parser.get() if key not in ("imports", "_meta_")}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Further --KEY VALUE pairs override config keys (nested keys joined by '#', values parsed as "
-               "JSON when possible), e.g. --llm#backend hf --llm#model_dir /models/llm")
-    parser.add_argument("--config", nargs="+", default=[DEFAULT_CONFIG], help="config files, later ones win")
-    parser.add_argument("--checkpoint", action="append", default=[], help="[NAME=]PATH, repeatable")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--resume", action="store_true", help="keep generated.jsonl, generate the rest")
-    args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config, _overrides(extra))
-    checkpoints = [_named(c) for c in args.checkpoint] or [("run", config.get("checkpoint"))]
-    if len({name for name, _ in checkpoints}) < len(checkpoints):
-        raise SystemExit("several checkpoints need distinct names: --checkpoint eclip=A.pt --checkpoint "
-                         "clip=B.pt")
+def run_checkpoints(config: Mapping, out_dir: str | os.PathLike, checkpoints: Mapping[str, str | None],
+                    resume: bool = False) -> list[dict]:
+    """``run`` for each ``name -> checkpoint`` (None: untrained towers, a smoke test); with several, each into
+    ``out_dir/name`` and a ``summary.csv`` of their scores side by side. Returns the summary rows."""
+    if not checkpoints:
+        raise ValueError("report_checkpoints: expected at least one name -> checkpoint")
     summary = []
-    for name, path in checkpoints:
-        out = Path(args.out) / name if len(checkpoints) > 1 else Path(args.out)
-        metrics = run(config, out, path, resume=args.resume)
+    for name, path in checkpoints.items():
+        out = Path(out_dir) / name if len(checkpoints) > 1 else Path(out_dir)
+        metrics = run(config, out, None if path is None else os.fspath(path), resume=resume)
         summary.append({"name": name, **{k: metrics[k] for k in SUMMARY_COLUMNS}})
-        print(json.dumps({"out": str(out), **summary[-1]}))
+        logger.info("%s: %s", out, json.dumps(summary[-1]))
     if len(checkpoints) > 1:
-        pd.DataFrame(summary).to_csv(Path(args.out) / "summary.csv", index=False)
-    return 0
+        pd.DataFrame(summary).to_csv(Path(out_dir) / "summary.csv", index=False)
+    return summary
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -231,27 +194,6 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _named(spec: str) -> tuple[str, str]:
-    name, sep, path = spec.partition("=")
-    return (name, path) if sep else (Path(spec).stem, spec)
-
-
-def _overrides(extra: Sequence[str]) -> dict[str, object]:
-    if len(extra) % 2 or any(not k.startswith("--") for k in extra[::2]):
-        raise SystemExit(f"overrides must be --KEY VALUE pairs, found {list(extra)}")
-    pairs: dict[str, object] = {}
-    for key, value in zip(extra[::2], extra[1::2]):
-        try:
-            pairs[key[2:]] = json.loads(value)
-        except json.JSONDecodeError:
-            pairs[key[2:]] = value
-    return pairs
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ from eclip_monai.transforms.dicom import LoadCXRDicom, LoadCXRDicomd
 from eclip_monai.transforms.heatmap import FixationsToHeatmap, FixationsToHeatmapd
 from eclip_monai.transforms.overlay import HeatmapOverlay, HeatmapOverlayd
 from eclip_monai.transforms.pipelines import CXRKeys, deterministic_prefix, eval_transforms, train_transforms
-from eclip_monai.transforms.text import ExtractReportSectiond, TokenizeText, TokenizeTextd, build_tokenizer
+from eclip_monai.transforms.text import ExtractReportSectiond, TokenizeText, TokenizeTextd
 
 __all__ = [
     "CLAHE",
@@ -36,7 +36,6 @@ __all__ = [
     "ResizeShortestSided",
     "TokenizeText",
     "TokenizeTextd",
-    "build_tokenizer",
     "deterministic_prefix",
     "eval_transforms",
     "train_transforms",

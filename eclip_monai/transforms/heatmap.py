@@ -156,8 +156,8 @@ class FixationsToHeatmapd(MapTransform):
         d = dict(data)
         image = d.get(self.ref_key)
         if image is None:
-            raise CXRDataError("expected the reference image to size the heatmap, found none",
-                               field=self.ref_key)
+            raise KeyError(f"{self.ref_key}: the reference image that sizes the heatmap is not in the sample; "
+                           f"check ref_key and the transforms before this one")
         meta = image.meta if isinstance(image, MetaTensor) else {}
         path = meta.get("filename_or_obj")
         current = tuple(image.shape[1:])

@@ -9,13 +9,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.errors import CXRDataError
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks.checkpoint import has_processor, read_state_dict
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import MANIFEST_FILE, ReportIndex, file_sha256
-from eclip_monai.transforms import build_tokenizer
+from eclip_monai.networks import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class AppSettings:
     model_name: str = "eclip-vit-b16"
     image_size: int = 224
     hf_model_name: str | None = None
-    findings: tuple[str, ...] = PHANTOM_FINDINGS
+    findings: tuple[str, ...] = DEFAULT_FINDINGS
     top_k: int = 5
     report_index: str | None = None
 
@@ -49,7 +49,7 @@ class AppSettings:
                                "downloaded), found none", field="checkpoint")
         if not os.path.isfile(checkpoint):
             raise CXRDataError("checkpoint file not found", path=checkpoint, field="checkpoint")
-        findings = tuple(f.strip() for f in conf.get("findings", ",".join(PHANTOM_FINDINGS)).split(","))
+        findings = tuple(f.strip() for f in conf.get("findings", ",".join(DEFAULT_FINDINGS)).split(","))
         if not all(findings):
             raise CXRDataError(f"expected comma-separated finding names, found {conf['findings']!r}",
                                field="findings")

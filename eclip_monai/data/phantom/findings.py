@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from eclip_monai.data.formats import PHANTOM_FINDINGS
+from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.data.phantom.anatomy import (
     SIDES,
     Chest,
@@ -74,8 +74,8 @@ def cardiothoracic_ratio(rng: np.random.Generator, specs: list[FindingSpec]) -> 
 
 def make_spec(rng: np.random.Generator, name: str, *, certain: bool | None = None) -> FindingSpec:
     """A random side, severity and zone for ``name``; mild findings are hedged more often in the report."""
-    if name not in PHANTOM_FINDINGS:
-        raise ValueError(f"unknown phantom finding {name!r}; expected one of {PHANTOM_FINDINGS}")
+    if name not in DEFAULT_FINDINGS:
+        raise ValueError(f"unknown phantom finding {name!r}; expected one of {DEFAULT_FINDINGS}")
     severities = {"Pleural Effusion": SIZE_SEVERITIES, "Pneumothorax": SIZE_SEVERITIES,
                   "Lung Lesion": NODULE_SEVERITIES}.get(name, GRADE_SEVERITIES)
     severity = str(rng.choice(severities, p=[0.5, 0.5] if len(severities) == 2 else [0.45, 0.35, 0.2]))
@@ -102,8 +102,8 @@ def sample_specs(rng: np.random.Generator, normal_rate: float = 0.3) -> list[Fin
     if rng.random() < normal_rate:
         return []
     count = int(rng.choice([1, 2, 3], p=[0.5, 0.33, 0.17]))
-    weights = np.array([_WEIGHTS[n] for n in PHANTOM_FINDINGS])
-    names = rng.choice(PHANTOM_FINDINGS, size=count, replace=False, p=weights / weights.sum())
+    weights = np.array([_WEIGHTS[n] for n in DEFAULT_FINDINGS])
+    names = rng.choice(DEFAULT_FINDINGS, size=count, replace=False, p=weights / weights.sum())
     specs = [make_spec(rng, str(n)) for n in names]
     pneumothorax = next((s for s in specs if s.name == "Pneumothorax"), None)
     if pneumothorax:

@@ -1,5 +1,9 @@
-"""Zero-shot prompt sets, as data: a class is described by every "{severity} {subtype} {finding} {location}"
-combination of its word lists, in the style radiologists write (GLoRIA / CheXzero-style ensembles).
+"""Prompt wording, in one place: how each finding is put into words for the text tower.
+
+Two uses. The zero-shot classifier of the bundle (``networks.zero_shot``) judges each finding against its
+negation with a few report phrasings per finding (``FINDING_TERMS``, ``finding_prompts``). The evaluation sets
+describe a class by every "{severity} {subtype} {finding} {location}" combination of its word lists, in the
+style radiologists write (GLoRIA / CheXzero-style ensembles: ``PromptSpec``).
 
 A class's text embedding is the mean of its normalised prompt embeddings (``zero_shot.class_embeddings``), so
 many phrasings average out wording that the text tower happens to prefer.
@@ -8,7 +12,7 @@ many phrasings average out wording that the text tower happens to prefer.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eclip_monai.data.formats import CXR14_CLASSES
@@ -87,3 +91,34 @@ _CXR14_WORDING = {"Effusion": "pleural effusion", "Pleural_Thickening": "pleural
 CXR14_PROMPTS: dict[str, PromptSpec] = {
     name: PromptSpec(finding=(_CXR14_WORDING.get(name, name.lower()),)) for name in CXR14_CLASSES
 }
+
+
+# Report wording of each CheXpert observation; a finding not listed here is prompted by its lower-cased name.
+FINDING_TERMS: dict[str, tuple[str, ...]] = {
+    "Atelectasis": ("atelectasis", "basilar atelectasis"),
+    "Cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette"),
+    "Consolidation": ("consolidation", "focal consolidation"),
+    "Edema": ("pulmonary edema", "interstitial edema"),
+    "Enlarged Cardiomediastinum": ("enlarged cardiomediastinum", "widened mediastinum"),
+    "Fracture": ("rib fracture", "fracture"),
+    "Lung Lesion": ("pulmonary nodule", "lung nodule"),
+    "Lung Opacity": ("lung opacity", "airspace opacity"),
+    "Pleural Effusion": ("pleural effusion", "effusion"),
+    "Pleural Other": ("pleural thickening",),
+    "Pneumonia": ("pneumonia",),
+    "Pneumothorax": ("pneumothorax", "apical pneumothorax"),
+    "Support Devices": ("support devices", "endotracheal tube"),
+}
+
+
+def finding_prompts(findings: Sequence[str], terms: Mapping[str, Sequence[str]] | None = None
+                    ) -> dict[str, tuple[list[str], list[str]]]:
+    """``finding -> (positive prompts, negative prompts)``: each term, and "no <term>"."""
+    terms = {**FINDING_TERMS, **(terms or {})}
+    prompts = {}
+    for finding in findings:
+        words = list(terms.get(finding, (finding.lower(),)))
+        if not words:
+            raise ValueError(f"finding {finding!r} has an empty list of prompt terms")
+        prompts[finding] = (words, [f"no {word}" for word in words])
+    return prompts
