@@ -92,6 +92,13 @@ CXR14_PROMPTS: dict[str, PromptSpec] = {
     name: PromptSpec(finding=(_CXR14_WORDING.get(name, name.lower()),)) for name in CXR14_CLASSES
 }
 
+# The prompt ensemble of each evaluation set, by the set's name in ``metrics.json``.
+PROMPT_SETS: dict[str, dict[str, PromptSpec]] = {
+    "chexpert_5x200": CHEXPERT_5X200_PROMPTS,
+    "rsna_pneumonia": RSNA_PROMPTS,
+    "cxr14": CXR14_PROMPTS,
+}
+
 
 # Report wording of each CheXpert observation; a finding not listed here is prompted by its lower-cased name.
 FINDING_TERMS: dict[str, tuple[str, ...]] = {

@@ -68,16 +68,15 @@ def inference_overrides(recipe: Mapping, settings: list[str], config: Mapping) -
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or key not in config:
-            raise CXRDataError(f"expected KEY=VALUE with KEY one of {sorted(config)}, found {setting!r}",
-                               field="--set")
+            raise ValueError(f"--set: expected KEY=VALUE with KEY one of {sorted(config)}, found {setting!r}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
     if isinstance(overrides.get("hf_model_name"), str):
-        raise CXRDataError("a Hugging Face text tower in a local directory would not travel with the archive; "
-                           "use an open_clip text tower or one a listed package ships (a component such as "
-                           "eclip_monai.networks.packaged_text_model_dir)", field="hf_model_name")
+        raise ValueError("hf_model_name: a Hugging Face text tower in a local directory would not travel with the "
+                         "archive; use an open_clip text tower or one a listed package ships (a component such as "
+                         "eclip_monai.networks.packaged_text_model_dir)")
     return overrides
 
 
@@ -97,8 +96,7 @@ def study_metrics(results: Path, run: str) -> dict:
     found = [r for r in study["per_run"] if r["arm"] == arm and str(r["seed"]) == seed]
     if not found:
         runs = sorted(f"{r['arm']}/{r['seed']}" for r in study["per_run"])
-        raise CXRDataError(f"expected a run ARM/SEED of the study, found {run!r}; the study has {runs}",
-                           path=results, field="--study_run")
+        raise ValueError(f"--study_run: expected a run ARM/SEED of {results}, found {run!r}; it has {runs}")
     protocol = study["protocol"]
     endpoints = [protocol["primary"], *protocol["secondary"], *protocol["descriptive"]]
     values = {f"phantom_{e['name']}": found[0][e["name"]] for e in endpoints if e["name"] in found[0]}

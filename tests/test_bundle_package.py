@@ -115,7 +115,7 @@ def test_eval_metrics_are_the_packaged_study_run_marked_as_phantom_world(package
     assert metrics["phantom_chexpert_zero_shot_auroc"] == run["chexpert_zero_shot_auroc"]
     assert "phantom world only" in metrics["note"] and "not real-data performance" in metrics["note"]
     assert all(key.startswith("phantom_") for key in metrics if key != "note")
-    with pytest.raises(Exception, match="eclip/9"):
+    with pytest.raises(ValueError, match="--study_run: expected a run ARM/SEED .* found 'eclip/9'"):
         load_script().study_metrics(ROOT / "docs" / "results.json", "eclip/9")
 
 

@@ -57,7 +57,8 @@ def test_bundle_trains_validates_logs_and_checkpoints(phantom, tmp_path):
     assert {"network", "optimizer", "lr_scheduler", "curriculum", "expert_stream", "trainer"} <= set(final)
     assert final["trainer"]["iteration"] > 0 and "heatmap_processor.patchify.weight" in str(list(final["network"]))
     logged = scalars(run_dir)
-    for tag in ("loss", "acc_i2t", "acc_t2i", "temperature", "expert_p", "expert_used", "lr", "val_mean_R@1"):
+    for tag in ("loss", "acc_i2t", "acc_t2i", "temperature", "expert_p", "expert_used", "lr", "val_mean_R@1",
+                "val_modality_gap"):
         assert tag in logged, tag
     assert len(logged["val_mean_R@1"]) == 2 and all(0.0 <= v <= 1.0 for v in logged["val_mean_R@1"])
     assert logged["expert_p"][0] == 0.0 and max(logged["expert_p"]) == pytest.approx(0.5)  # cold start, then peak

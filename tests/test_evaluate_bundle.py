@@ -14,10 +14,10 @@ from monai.bundle import run as run_bundle
 from PIL import Image
 
 from eclip_monai.data import build_mimic_datalist
-from eclip_monai.data.eval_sets import load_openi
+from eclip_monai.data.eval_sets import load_openi, load_rsna_pneumonia
 from eclip_monai.data.phantom import generate_phantom
 from eclip_monai.errors import CXRDataError
-from eclip_monai.evaluation import run_evaluation
+from eclip_monai.evaluation import ClassificationTask, run_evaluation
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks import build_tokenizer
 from test_eval_sets import write_rsna
@@ -117,7 +117,26 @@ def test_figures_are_written_as_images(bundle_runs):
 def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
     write_rsna(tmp_path / "rsna", 6)
     (tmp_path / "rsna" / "stage_2_train_images" / "0003abcd-rsna.dcm").write_bytes(b"truncated")
-    results = run_evaluation(tiny_network(0), build_tokenizer("eclip-tiny"), tmp_path / "eval",
-                             rsna_root=tmp_path / "rsna", image_size=112, probe_fractions=(1.0,),
-                             figures=False, progress=False)
+    task = ClassificationTask("rsna_pneumonia", tmp_path / "rsna", load_rsna_pneumonia, "rsna_pneumonia",
+                              probe_fractions=(1.0,))
+    results = run_evaluation(tiny_network(0), build_tokenizer("eclip-tiny"), tmp_path / "eval", [task],
+                             image_size=112, figures=False, progress=False)
     assert results["rsna_pneumonia"]["n"] == 5 and results["rsna_pneumonia"]["skipped"] == 1
+
+
+def test_evaluate_json_lists_its_sets_and_metrics_as_components():
+    from monai.bundle import ConfigParser
+
+    from eclip_monai.evaluation import RetrievalTask
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
+    assert [t["name"] for t in parser["eval_tasks"]] == ["chexpert_5x200", "rsna_pneumonia", "cxr14", "openi",
+                                                         "mimic_test"]
+    parser["eval_tasks#1#linear_probe"] = False  # a metric switched off by editing the config
+    rsna = parser.get_parsed_content("eval_tasks#1")
+    assert isinstance(rsna, ClassificationTask) and rsna.reader is load_rsna_pneumonia and not rsna.linear_probe
+    assert rsna.probe_fractions == parser["probe_fractions"]
+    mimic = parser.get_parsed_content("eval_tasks#4")
+    assert isinstance(mimic, RetrievalTask) and mimic.root == parser.get_parsed_content("mimic_root")
+    assert parser.get_parsed_content("eval_tasks#2").root is None  # CXR14 is not in the phantom world: skipped

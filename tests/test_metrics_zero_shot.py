@@ -13,7 +13,6 @@ from sklearn.metrics import roc_auc_score
 from eclip_monai.data.eval_sets import RSNA_CLASSES
 from eclip_monai.data.formats import CHEXPERT_5X200_CLASSES, CXR14_CLASSES
 from eclip_monai.metrics import (
-    ZeroShotClassification,
     classification_metrics,
     zero_shot_classification,
     zero_shot_scores,
@@ -84,22 +83,6 @@ def test_hand_computed_accuracy_and_macro_f1():
     assert result["accuracy"] == 0.75
     assert result["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert result["auroc"] == 1.0  # 0.6 for the misclassified one still ranks below 0.7 and 0.8
-
-
-def test_ignite_metric_accumulates_batches_like_the_function():
-    features, labels, centroids = clusters(noise=1.5)
-    expected = zero_shot_classification(features, centroids, labels, logit_scale=20.0)
-    metric = ZeroShotClassification(centroids, metric=None, logit_scale=20.0)
-    for start in range(0, len(labels), 7):
-        metric.update((features[start : start + 7], labels[start : start + 7]))
-    assert metric.compute() == expected
-    scalar = ZeroShotClassification(centroids, metric="macro_f1", logit_scale=20.0)
-    scalar.update((features, labels))
-    assert scalar.compute() == expected["macro_f1"]
-    multilabel = ZeroShotClassification(centroids, metric="accuracy")
-    multilabel.update((features, F.one_hot(labels, 4)))
-    with pytest.raises(ValueError, match="available: \\['auroc'\\]"):
-        multilabel.compute()
 
 
 def test_prompt_sets_cover_each_evaluation_set_in_label_order():

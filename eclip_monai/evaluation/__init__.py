@@ -9,8 +9,12 @@ from eclip_monai.evaluation.embed import (
 )
 from eclip_monai.evaluation.figures import plot_class_similarity, plot_modality_gap, plot_retrieval_gallery
 from eclip_monai.evaluation.run import run_evaluation, write_results
+from eclip_monai.evaluation.tasks import ClassificationTask, EvalContext, RetrievalTask
 
 __all__ = [
+    "ClassificationTask",
+    "EvalContext",
+    "RetrievalTask",
     "Embeddings",
     "embed_dataset",
     "embed_texts",

@@ -25,7 +25,6 @@ from eclip_monai.metrics.retrieval import (
     unique_by_group,
 )
 from eclip_monai.metrics.zero_shot import (
-    ZeroShotClassification,
     zero_shot_classification,
     zero_shot_scores,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "EmbeddingQuality",
     "GatheredMetric",
     "GazeAttention",
-    "ZeroShotClassification",
     "alignment",
     "chunked_topk",
     "classification_metrics",

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from eclip_monai.metrics.classification import classification_metrics
-from eclip_monai.metrics.gathered import GatheredMetric
 from eclip_monai.networks.zero_shot import class_embeddings
 
 
@@ -35,29 +34,3 @@ def zero_shot_classification(
     labels = torch.as_tensor(labels)
     scores = zero_shot_scores(image_features, class_features, logit_scale, multilabel=labels.ndim == 2)
     return classification_metrics(labels, scores)
-
-
-class ZeroShotClassification(GatheredMetric):
-    """Ignite metric: zero-shot ``metric`` ("accuracy", "macro_f1", "auroc"; ``None`` for all as a dict).
-
-    Expects the engine output (after ``output_transform``) to be ``(image_features, labels)``.
-
-    Args:
-        class_features: (C, D) class embeddings, e.g. from :func:`class_embeddings`.
-        logit_scale: softmax temperature of the single-label scores (the network's ``logit_scale()``).
-    """
-
-    def __init__(self, class_features: torch.Tensor, metric: str | None = "accuracy",
-                 logit_scale: float = 100.0, output_transform=lambda x: x, device="cpu"):
-        self.class_features = class_features.detach().cpu()
-        self.metric, self.logit_scale = metric, logit_scale
-        super().__init__(output_transform=output_transform, device=device)
-
-    def compute(self) -> float | dict[str, float]:
-        image_features, labels = self.gathered()
-        result = zero_shot_classification(image_features, self.class_features, labels, self.logit_scale)
-        if self.metric is None:
-            return result
-        if self.metric not in result:
-            raise ValueError(f"metric {self.metric!r} is not available here; available: {sorted(result)}")
-        return result[self.metric]

@@ -7,6 +7,7 @@ arguments, is what :func:`ensure_phantom` trusts.
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing
 import shutil
@@ -273,25 +274,19 @@ def generate_phantom(
     return summary | {"seconds": round(time.perf_counter() - started, 2)}
 
 
-def ensure_phantom(
-    out_dir: str | Path,
-    studies: int = 1000,
-    seed: int = 0,
-    workers: int = 2,
-    egd_fraction: float = 0.1,
-    reflacx_fraction: float = 0.1,
-    eval_size: int = 50,
-    progress: bool = True,
-    split_fractions: dict[str, float] | None = None,
-    test_gaze_fraction: float = 0.0,
-) -> Path:
-    """Return ``out_dir``, generating it first unless ``phantom_done.json`` records these same arguments."""
+def ensure_phantom(out_dir: str | Path, studies: int = 1000, seed: int = 0, **options) -> Path:
+    """Return ``out_dir``, generating it first (``generate_phantom(out_dir, studies, seed, **options)``) unless
+    ``phantom_done.json`` records these same world-defining arguments (``workers`` and ``progress`` do not
+    change the world)."""
     out = Path(out_dir)
+    bound = inspect.signature(generate_phantom).bind(out, studies, seed, **options)
+    bound.apply_defaults()
+    world = {k: v for k, v in bound.arguments.items() if k not in ("out_dir", "workers", "progress")}
     done = out / DONE_FILE
-    wanted = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size, split_fractions,
-                        test_gaze_fraction)
-    if done.is_file() and json.loads(done.read_text()).get("arguments") == wanted:
+    if done.is_file() and json.loads(done.read_text()).get("arguments") == _arguments(**world):
         return out
+    generate_phantom(*bound.args, **bound.kwargs)
+    return out
     generate_phantom(out, studies, seed, workers, egd_fraction, reflacx_fraction, eval_size, progress,
                      split_fractions, test_gaze_fraction)
     return out
