@@ -4,17 +4,10 @@ answers must equal the zero-shot classifier run in-process with the same weights
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,21 +22,13 @@ from eclip_monai.networks import build_eclip
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import ReportIndex
 from eclip_monai.networks import build_tokenizer
+from label_server import APP, request, serve
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("monailabel") is None,
     reason="MONAI Label is not installed (pip install --no-deps -r requirements-label.txt)")
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "monailabel_eclip"
-MONAILABEL = Path(sys.executable).parent / "monailabel"
 MODEL, SIZE, STUDIES = "eclip-tiny-cnn", 112, 5
-START_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _load_app_module(name: str):
@@ -67,14 +52,7 @@ class Server:
         self.url, self.studies, self.reference, self.index = url, studies, reference, index
 
     def request(self, path: str, params: dict | None = None, **query) -> tuple[int, dict]:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
-        form = urllib.parse.urlencode({"params": json.dumps(params or {})}).encode()
-        data = None if path == "/info/" else form  # POST with MONAI Label's ``params`` form field
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        return request(self.url, path, params, **query)
 
     def image(self, image_id: str) -> torch.Tensor:
         item = eval_image_transforms(SIZE)({"image": str(self.studies / f"{image_id}.dcm")})
@@ -97,39 +75,10 @@ def server(tmp_path_factory):
     reports = [d.parent.with_suffix(".txt").read_text() for d in dicoms]
     index = ReportIndex.load_or_build(tmp / "index", network, build_tokenizer(MODEL), reports,
                                       checkpoint_path=checkpoint, ids=[d.parent.name for d in dicoms])
-    app = tmp / "app"  # the server writes logs/ into its app folder: keep them out of the repository
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "bin", "model", "__pycache__"))
-    port = _free_port()
-    env = dict(os.environ, PATH=f"{MONAILABEL.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(app / "compat"))
-    log = open(tmp / "server.log", "w")
-    process = subprocess.Popen(
-        [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies),
-         "--host", "127.0.0.1", "--port", str(port), "--conf", "checkpoint", str(checkpoint),
-         "--conf", "model_name", MODEL, "--conf", "image_size", str(SIZE), "--conf", "top_k", "3",
-         "--conf", "report_index", str(tmp / "index")],
-        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    served = Server(f"http://127.0.0.1:{port}", studies, _reference(checkpoint), index)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            if served.request("/info/")[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
-        time.sleep(1)
-    yield served
-    process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-    try:
-        code = process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("server did not stop within 60 s of SIGINT")
-    log.close()
-    assert code == 0, (tmp / "server.log").read_text()[-3000:]
+    conf = {"checkpoint": checkpoint, "model_name": MODEL, "image_size": SIZE, "top_k": 3,
+            "report_index": tmp / "index"}
+    with serve(tmp, str(studies), conf) as url:
+        yield Server(url, studies, _reference(checkpoint), index)
 
 
 def _ids(server: Server) -> list[str]:

@@ -6,24 +6,31 @@ pydicom 3)::
     PYTHONPATH=apps/monailabel_eclip/compat monailabel start_server --app apps/monailabel_eclip \\
         --studies /path/to/cxr --conf checkpoint runs/eclip/checkpoints/model.pt
 
-Infer models: ``eclip_findings`` (classification) and ``eclip_similar`` (top-k neighbours).
+``--studies`` is a folder of images or a PACS's DICOMweb URL (``http://127.0.0.1:8042/dicom-web``, see
+docs/pacs.md). Infer models: ``eclip_findings`` (classification; with a PACS and ``"write_back": true`` the
+findings go back as a DICOM SR, and the reader's gaze overlay as a Secondary Capture) and ``eclip_similar``
+(top-k neighbours, optionally steered by the reader's ``fixations`` or ``roi``).
 """
 
 from __future__ import annotations
 
 import os
 
+from dicomweb_client.session_utils import create_session_from_user_pass
 from fastapi import HTTPException
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 
 import eclip_monai
 from eclip_monai.errors import CXRDataError
+from eclip_monai.inference.gaze_query import gaze_request
 
 from lib.findings import ZeroShotFindings
 from lib.network import AppSettings, build_classifier, load_report_index
+from lib.pacs import RadiographDICOMwebDatastore, dicom_results
 from lib.similar import SimilarStudies
 
 # chest X-rays mostly come as DICOM, which MONAI Label's default datastore extensions leave out
@@ -43,7 +50,15 @@ class ECLIPApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            session = None
+            if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+                session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                        settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+            client = DICOMwebClientX(url=self.studies, session=session,
+                                     qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                     wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                     stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+            return RadiographDICOMwebDatastore(client, cache_path=settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or None)
         return LocalDatastore(
             self.studies,
             extensions=DICOM_EXTENSIONS + list(settings.MONAI_LABEL_DATASTORE_FILE_EXT),
@@ -53,19 +68,39 @@ class ECLIPApp(MONAILabelApp):
 
     def init_infers(self):
         findings = ZeroShotFindings(self.classifier, self.settings.checkpoint, self.settings.image_size)
-        similar = SimilarStudies(findings, self.datastore(), self.settings.top_k, self.report_index)
+        similar = SimilarStudies(self.settings, self.datastore(), self.report_index)
         return {"eclip_findings": findings, "eclip_similar": similar}
 
     def infer(self, request, datastore=None):
         """MONAI Label's ``infer``, with errors a client can act on: MONAI Label turns any exception into a
         bare "500 Internal Server Error", so an unknown image id is a 404 naming it and bad input (an
-        unreadable image, a bad ``top_k``) a 422 with the file and field."""
+        unreadable image, a bad ``top_k``, bad fixations) a 422 with the file and field.
+
+        ``"write_back": true`` on ``eclip_findings`` with a PACS datastore stores the findings SR (and, with
+        ``fixations`` or ``roi``, the gaze overlay) into the image's study; the answer's ``stored`` lists them.
+        """
         image = request.get("image")
         store = datastore or self.datastore()
-        if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+        write_back = str(request.get("write_back", "")).lower() in ("1", "true", "yes")
+        if isinstance(store, RadiographDICOMwebDatastore):
+            if not store.has_image(image):
+                raise HTTPException(404, f"image {image!r}: not a radiograph series in the PACS {self.studies}")
+        elif isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
             raise HTTPException(404, f"image {image!r}: not in the datastore {self.studies}")
+        if write_back and (request.get("model") != "eclip_findings"
+                           or not isinstance(store, RadiographDICOMwebDatastore)):
+            raise HTTPException(422, "write_back: results go back as DICOM only from eclip_findings on a "
+                                     "DICOMweb (PACS) datastore")
         try:
-            return super().infer(request, datastore)
+            gaze = gaze_request(request, store.get_image_uri(image)) if write_back else None
+            result = super().infer(request, datastore)
+            if write_back:
+                probabilities = {p["label"]: p["score"] for p in result["params"]["prediction"]}
+                objects = dicom_results(store.get_image_uri(image), probabilities, gaze)
+                store.store(objects)
+                result["params"]["stored"] = [{"modality": o.Modality, "series": o.SeriesInstanceUID,
+                                               "instance": o.SOPInstanceUID} for o in objects]
+            return result
         except CXRDataError as exc:
             raise HTTPException(422, str(exc)) from exc
 

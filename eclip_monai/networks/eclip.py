@@ -123,6 +123,11 @@ class ECLIP(nn.Module):
         lam = lam.view(-1, *([1] * (image.ndim - 1)))
         return lam * image + (1 - lam) * expert
 
+    def encode_expert_image(self, image: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
+        """Embedding of the expert image HP(I, H), without mixup: the query a reader's gaze steers at reading
+        time (similar-case search), in the same space as ``encode_image``."""
+        return self.encode_image(self._processor()(image, heatmap))
+
     def prime(self, image: torch.Tensor) -> torch.Tensor:
         """HP(I, 1): the processor without a heatmap, which the priming loss pulls towards I."""
         return self._processor()(image, torch.ones_like(image[:, :1]))
