@@ -19,12 +19,10 @@ with ``FlopCounterMode``; achieved FLOP/s are reported against a large matrix mu
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
-import sys
-import time
 import warnings
+from dataclasses import asdict
 
 import bench_common as bc
 import torch
@@ -32,6 +30,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eclip_monai.networks import build_eclip
+
+HEADER = ("mode", "batch", "runtime", "ms / call", "images/s", "vs eager", "of matmul peak",
+          "max diff vs eager")
 
 
 class ImageEncoder(nn.Module):
@@ -45,37 +46,16 @@ class ImageEncoder(nn.Module):
         return self.network.encode_image(image)
 
 
-def onnx_note() -> str | None:
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        return (
-            f"{' and '.join(missing)} not installed: ONNX Runtime skipped "
-            f"(pip install onnx onnxruntime onnxscript to include it)"
-        )
-    return None
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     """The model as ONNX bytes (static shape), by torch's TorchScript-based exporter, else its dynamo one."""
-    buffer = io.BytesIO()
+    buffer, names = io.BytesIO(), dict(input_names=["image"], output_names=["embedding"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,
-                input_names=["image"],
-                output_names=["embedding"],
-                opset_version=17,
-                dynamo=False,
-            )
+            torch.onnx.export(model, (example,), buffer, opset_version=17, dynamo=False, **names)
         except Exception:  # the legacy exporter is gone or refuses the graph: use the dynamo exporter
             buffer = io.BytesIO()
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=["image"], output_names=["embedding"]
-            )
-            program.save(buffer)
+            torch.onnx.export(model, (example,), dynamo=True, **names).save(buffer)
     return buffer.getvalue()
 
 
@@ -83,182 +63,106 @@ def ort_runner(model_bytes: bytes, example: torch.Tensor, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: example.numpy()}
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
-def build_runners(model: nn.Module, example: torch.Tensor, args, device: torch.device) -> tuple[dict, dict]:
-    """``name -> callable`` for one input shape, and ``name -> note`` for the skipped ones."""
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp)
-    runners, notes = {}, {}
+def build_runners(model: nn.Module, example: torch.Tensor, amp: bool) -> tuple[dict, dict]:
+    """``name -> callable`` for one input shape, and ``name -> note`` for contenders that could not run."""
+    autocast = dict(device_type=example.device.type, dtype=torch.bfloat16, enabled=amp)
 
-    def eager():
-        with torch.inference_mode(), torch.autocast(**amp):
-            return model(example)
+    def runner(module):
+        def call():
+            with torch.inference_mode(), torch.autocast(**autocast):
+                return module(example)
+        return call
 
-    runners["eager"] = eager
+    runners, notes = {"eager": runner(model)}, {}
     try:
-        with torch.no_grad(), torch.autocast(**amp), warnings.catch_warnings():
+        with torch.no_grad(), torch.autocast(**autocast), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-
-        def scripted():
-            with torch.inference_mode(), torch.autocast(**amp):
-                return traced(example)
-
-        runners["torchscript"] = scripted
+            traced = torch.jit.trace(model, example, check_trace=False)
+            runners["torchscript"] = runner(torch.jit.freeze(traced))
     except Exception as exc:  # report, do not fail the whole benchmark
         notes["torchscript"] = f"torch.jit.trace failed: {type(exc).__name__}: {exc}"
-    note = onnx_note() if device.type == "cpu" else "ONNX Runtime CPU package: not run on CUDA"
-    if note is None:
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if example.device.type != "cpu":
+        notes["onnxruntime"] = "ONNX Runtime CPU package: not run on CUDA"
+    elif missing:
+        notes["onnxruntime"] = (f"{' and '.join(missing)} not installed: ONNX Runtime skipped "
+                                "(pip install onnx onnxruntime onnxscript to include it)")
+    else:
         try:
-            runners["onnxruntime"] = ort_runner(
-                export_onnx(model, example.cpu()), example, torch.get_num_threads()
-            )
+            runners["onnxruntime"] = ort_runner(export_onnx(model, example), example, torch.get_num_threads())
         except Exception as exc:  # report, do not fail the whole benchmark
-            note = f"ONNX export or session failed: {type(exc).__name__}: {exc}"
-    if note:
-        notes["onnxruntime"] = note
+            notes["onnxruntime"] = f"ONNX export or session failed: {type(exc).__name__}: {exc}"
     return runners, notes
 
 
-def measure(runners: dict, calls: int, rounds: int, device) -> dict[str, float]:
-    """Median seconds per call over interleaved rounds of ``calls`` calls each."""
-    for run in runners.values():
-        run()
-    timed = {n: (lambda r=r: [r() for _ in range(calls)]) for n, r in runners.items()}
-    times = bc.interleaved_rounds(timed, rounds, device)
-    return {n: bc.median(t) / calls for n, t in times.items()}
-
-
-def run(args: argparse.Namespace) -> dict:
-    device, skipped = bc.resolve_device(args.device)
-    config = {k: v for k, v in vars(args).items() if k != "json"}
-    if device is None:
-        bc.log(skipped)
-        return {"config": config, "skipped": skipped}
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.amp = device.type == "cuda" and not args.no_amp
-    dtype = torch.bfloat16 if args.amp else torch.float32
+def run(cfg: bc.InferenceConfig) -> dict:
+    device, amp, skipped = bc.prepare_device(cfg)
+    if skipped:
+        return {"config": asdict(cfg), "skipped": skipped}
+    dtype = torch.bfloat16 if amp else torch.float32
     torch.manual_seed(0)
-    model = ImageEncoder(build_eclip(args.model, image_size=args.image_size, experts=False)).to(device).eval()
-    bc.log(
-        f"image encoder on {device}: {args.model} at {args.image_size}², {torch.get_num_threads()} "
-        "thread(s), "
-        f"amp={'bf16' if args.amp else 'off'}"
-    )
-    result = {"config": config, "device": str(device), "modes": {}, "notes": {}}
-    with (
-        torch.no_grad(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp),
-        FlopCounterMode(display=False) as counter,
-    ):
-        model(torch.randn(1, 1, args.image_size, args.image_size, device=device))
+    model = ImageEncoder(build_eclip(cfg.model, image_size=cfg.image_size, experts=False)).to(device).eval()
+    bc.log(f"image encoder on {device}: {cfg.model} at {cfg.image_size}², {torch.get_num_threads()} "
+           f"thread(s), amp={'bf16' if amp else 'off'}")
+    with (torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+          FlopCounterMode(display=False) as counter):
+        model(torch.randn(1, 1, cfg.image_size, cfg.image_size, device=device))
     flops_per_image = counter.get_total_flops()
-    peak = bc.matmul_flops_per_s(args.matmul_size, dtype, device)
-    for mode, batch, calls in (("latency_batch1", 1, args.latency_calls), ("throughput", args.batch, 1)):
-        example = torch.randn(batch, 1, args.image_size, args.image_size, device=device)
-        runners, notes = build_runners(model, example, args, device)
+    peak = bc.matmul_peak(cfg.matmul_size, dtype, device)
+    result = {"config": asdict(cfg), "device": str(device), "modes": {}, "notes": {}}
+    for mode, batch, calls in (("latency_batch1", 1, cfg.latency_calls), ("throughput", cfg.batch, 1)):
+        example = torch.randn(batch, 1, cfg.image_size, cfg.image_size, device=device)
+        runners, notes = build_runners(model, example, amp)
         result["notes"].update(notes)
         reference = runners["eager"]().float().cpu()
         diffs = {n: float((r().float().cpu() - reference).abs().max()) for n, r in runners.items()}
-        bc.log(f"{mode}: batch {batch}, {calls} call(s) per round, {args.rounds} rounds")
-        seconds = measure(runners, calls, args.rounds, device)
-        result["modes"][mode] = {
-            "batch": batch,
-            "contenders": {
-                n: {
-                    "ms_per_call": 1e3 * s,
-                    "images_per_s": batch / s,
-                    "max_abs_diff_vs_eager": diffs[n],
-                    "speedup_vs_eager": seconds["eager"] / s,
-                    "fraction_of_matmul_peak": flops_per_image * batch / s / peak,
-                }
-                for n, s in seconds.items()
-            },
-        }
+        bc.log(f"{mode}: batch {batch}, {calls} call(s) per round, {cfg.rounds} rounds")
+        repeated = {n: (lambda r=r: [r() for _ in range(calls)]) for n, r in runners.items()}
+        times = bc.interleaved_rounds(repeated, cfg.rounds, device)
+        seconds = {n: bc.median(t) / calls for n, t in times.items()}
+        result["modes"][mode] = {"batch": batch, "contenders": {n: {
+            "ms_per_call": 1e3 * s,
+            "images_per_s": batch / s,
+            "max_abs_diff_vs_eager": diffs[n],
+            "speedup_vs_eager": seconds["eager"] / s,
+            "fraction_of_matmul_peak": flops_per_image * batch / s / 1e9 / peak["gflop_per_s"],
+        } for n, s in seconds.items()}}
     result["gflop_per_image"] = flops_per_image / 1e9
-    result["reference_matmul"] = {
-        "size": args.matmul_size,
-        "dtype": str(dtype).replace("torch.", ""),
-        "gflop_per_s": peak / 1e9,
-    }
+    result["reference_matmul"] = peak
     for note in result["notes"].values():
         bc.log(f"note: {note}")
-    print_table(result)
     return result
 
 
-def print_table(result: dict) -> None:
-    peak = result["reference_matmul"]
-    rows = []
-    for mode, m in result["modes"].items():
-        for name, c in m["contenders"].items():
-            rows.append(
-                [
-                    mode,
-                    m["batch"],
-                    name,
-                    f"{c['ms_per_call']:.2f}",
-                    f"{c['images_per_s']:.1f}",
-                    f"{c['speedup_vs_eager']:.2f}x",
-                    f"{100 * c['fraction_of_matmul_peak']:.1f} %",
-                    f"{c['max_abs_diff_vs_eager']:.1e}",
-                ]
-            )
-    print(
-        bc.format_table(
-            rows,
-            [
-                "mode",
-                "batch",
-                "runtime",
-                "ms/call",
-                "images/s",
-                "vs eager",
-                f"of {peak['size']}² {peak['dtype']} matmul ({peak['gflop_per_s']:.0f} GFLOP/s)",
-                "max |diff| vs eager",
-            ],
-        )
+def report(result: dict, title: str = "Inference", level: int = 2) -> list[bc.Section]:
+    if "skipped" in result:
+        return [bc.skipped(title, result["skipped"], "bench_inference")]
+    c, peak = result["config"], result["reference_matmul"]
+    rows = [[mode.replace("_", " "), m["batch"], name, f"{s['ms_per_call']:.2f}", f"{s['images_per_s']:.1f}",
+             f"{s['speedup_vs_eager']:.2f}x", f"{100 * s['fraction_of_matmul_peak']:.1f} %",
+             f"{s['max_abs_diff_vs_eager']:.1e}"]
+            for mode, m in result["modes"].items() for name, s in m["contenders"].items()]
+    intro = (
+        f"Image encoder of `{c['model']}` at {c['image_size']}² (image → normalised embedding), "
+        f"{result['gflop_per_image']:.2f} GFLOP per image; reference: eager PyTorch under `inference_mode`. "
+        f"Matrix peak: {peak['size']}² {peak['dtype']} matmul, {peak['gflop_per_s']:.0f} GFLOP/s."
     )
-
-
-def parser() -> argparse.ArgumentParser:
-    p = bc.script_parser(__doc__)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (skipped with a note when CUDA is absent)")
-    p.add_argument("--model", default="eclip-tiny")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
-    p.add_argument("--latency-calls", type=int, default=20, help="batch-1 calls per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0: torch's default)")
-    p.add_argument("--matmul-size", type=int, default=2048)
-    p.add_argument("--no-amp", action="store_true", help="on CUDA, float32 instead of bf16 autocast")
-    p.add_argument("--quick", action="store_true", help="batch 16, 10 latency calls, 3 rounds")
-    p.add_argument("--json", default=None, help="write the results here")
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = parser().parse_args(argv)
-    if args.quick:
-        args.batch, args.latency_calls, args.rounds = min(args.batch, 16), 10, 3
-    return args
+    notes = ["- Batch-1 eager latency suffers most on a shared CPU: each of its many small operators waits "
+             "for both OpenMP threads; ONNX Runtime runs fewer, fused kernels."]
+    notes += [f"- {name}: {note}" for name, note in result.get("notes", {}).items()]
+    return [bc.Section(title, intro, HEADER, rows, notes, level)]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    result = run(args)
-    result["wall_s"] = time.perf_counter() - start
-    bc.write_json(args.json, result)
-    return result
+    return bc.main(bc.InferenceConfig, __doc__, run, report, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

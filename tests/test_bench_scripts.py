@@ -2,7 +2,8 @@
 
 Speed claims live in ``scripts/bench_*.py`` and ``docs/performance.md``, never in tests: nothing here asserts
 a timing, only that each benchmark runs, writes the expected JSON keys and Markdown sections, and that the
-heatmap benchmark's equality check (vectorised vs per-fixation loop, within 1e-5) holds.
+heatmap benchmark's equality check (vectorised vs per-fixation loop, within 1e-5) holds. The loop itself is
+checked against ``FixationsToHeatmap`` in ``test_transforms_heatmap.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +47,28 @@ def scripts_on_path():
 
 
 @pytest.mark.parametrize("name", BENCHES)
-def test_every_bench_script_documents_its_command_lines(name, scripts_on_path):
+def test_every_bench_script_documents_its_command_lines(name, scripts_on_path, capsys):
     module = importlib.import_module(name)
     assert f"python scripts/{name}.py" in module.__doc__
-    if name != "bench_all":
-        help_text = module.parser().format_help()
-        assert "--quick" in help_text and "--json" in help_text
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert f"python scripts/{name}.py" in help_text and "--quick" in help_text
+    assert name == "bench_all" or "--json" in help_text
+
+
+def test_presets_and_command_lines_give_the_same_settings(scripts_on_path):
+    import bench_common as bc
+
+    kinds = {"train_step": bc.TrainStepConfig, "data": bc.DataConfig, "retrieval": bc.RetrievalConfig,
+             "inference": bc.InferenceConfig, "cuda_train_step": bc.TrainStepConfig,
+             "cuda_inference": bc.InferenceConfig}
+    for mode, areas in bc.PRESETS.items():
+        assert {area: type(settings) for area, settings in areas.items()} == kinds, mode
+    argv = ["--sizes", "3000", "--quick", "--json", "r.json"]
+    settings, json_path = bc.settings(bc.RetrievalConfig, "doc", argv)
+    assert settings == bc.RetrievalConfig(sizes=(3000,)).quick() and json_path == "r.json"
+    assert bc.settings(bc.TrainStepConfig, "doc", ["--quick"])[0] == bc.PRESETS["quick"]["train_step"]
 
 
 def test_smoke_run_writes_every_area_with_its_reference(smoke):
@@ -135,23 +151,6 @@ def test_markdown_report_has_every_section_and_the_targets_table(smoke):
     ):
         assert heading in markdown
     assert "plain_open_clip" in markdown and "faiss" in markdown and "per-fixation heatmap loop" in markdown
-
-
-def test_reference_heatmap_loop_matches_the_vectorised_transform_on_clipped_regions(scripts_on_path):
-    from bench_data import reference_heatmap
-
-    from eclip_monai.transforms import FixationsToHeatmap
-
-    rng = np.random.default_rng(0)
-    fixations = np.stack([rng.uniform(-50, 700, 60), rng.uniform(-50, 900, 60), rng.uniform(0, 0.6, 60)], 1)
-    fixations[0, 2] = 0.5
-    fixations[0, :2] = (300, 400)  # at least one fixation inside the shown region
-    ppd = rng.uniform(20, 40, (60, 2))
-    shown = [40.0, 60.0, 600.0, 820.0]
-    ours = FixationsToHeatmap(1.0, "deg")(fixations, (100, 80), (850, 650), ppd, shown)
-    ref = reference_heatmap(fixations, (100, 80), (850, 650), ppd, shown, 1.0)
-    assert ours.shape == ref.shape == (1, 100, 80)
-    assert float((ours - ref).abs().max()) <= 1e-5
 
 
 def test_markdown_report_can_be_rendered_again_from_the_json(smoke, tmp_path, scripts_on_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -90,25 +93,15 @@ def test_heatmap_peak_stays_on_image_bright_pixel_through_spatial_transforms(tmp
     assert np.abs(np.subtract(peak(out["image"]), peak(out["heatmap"]))).max() <= 1
 
 
-def reference_heatmap(fix, out_shape, orig_shape, sigma_xy, regions):
-    """One full 2-D Gaussian per fixation, summed; the obvious loop the vectorised code must equal."""
-    (height, width), (orig_h, orig_w) = out_shape, orig_shape
-    sy, sx = height / orig_h, width / orig_w
-    rows, cols = np.mgrid[0:height, 0:width].astype(float)
-    orig_rows, orig_cols = (rows + 0.5) / sy - 0.5, (cols + 0.5) / sx - 0.5
-    heat = np.zeros(out_shape)
-    for (x, y, duration), (sig_x, sig_y), (x0, y0, x1, y1) in zip(fix, sigma_xy, regions):
-        x0, y0, x1, y1 = max(x0, -0.5), max(y0, -0.5), min(x1, orig_w - 0.5), min(y1, orig_h - 0.5)
-        if not (x0 <= x <= x1 and y0 <= y <= y1):
-            continue
-        mx, my = (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5
-        gx, gy = max(sig_x * sx, 0.5), max(sig_y * sy, 0.5)
-        blob = duration * np.exp(-((cols - mx) ** 2 / (2 * gx**2) + (rows - my) ** 2 / (2 * gy**2)))
-        heat += blob * ((orig_cols >= x0) & (orig_cols <= x1) & (orig_rows >= y0) & (orig_rows <= y1))
-    return heat / heat.max()
+@pytest.fixture
+def reference_heatmap(monkeypatch):
+    """One full 2-D Gaussian per fixation, summed: the obvious loop the vectorised code must equal. It lives
+    in ``scripts/bench_common.py`` because the data benchmark times the transform against it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    return importlib.import_module("bench_common").reference_heatmap
 
 
-def test_vectorised_heatmap_equals_per_fixation_reference(tmp_path):
+def test_vectorised_heatmap_equals_per_fixation_reference(reference_heatmap):
     rng = np.random.default_rng(3)
     count, orig, out = 25, (90, 70), (45, 60)
     xs, ys = rng.uniform(-10, 80, count), rng.uniform(-10, 100, count)  # some off the 70x90 (WxH) image
@@ -119,8 +112,20 @@ def test_vectorised_heatmap_equals_per_fixation_reference(tmp_path):
     render = FixationsToHeatmap(sigma=1.5, sigma_unit="deg")
     ours = render(fix, out, orig, pixels_per_degree=ppd, shown_region=regions)
     expected = reference_heatmap(fix, out, orig, 1.5 * ppd, regions)
-    assert ours.shape == (1, *out)
-    assert np.abs(ours[0].numpy() - expected).max() < 1e-5
+    assert ours.shape == expected.shape == (1, *out)
+    assert float((ours - expected).abs().max()) < 1e-5
+
+
+def test_vectorised_heatmap_equals_per_fixation_reference_in_one_shown_region(reference_heatmap):
+    rng = np.random.default_rng(0)
+    fixations = np.stack([rng.uniform(-50, 700, 60), rng.uniform(-50, 900, 60), rng.uniform(0, 0.6, 60)], 1)
+    fixations[0] = (300, 400, 0.5)  # at least one fixation inside the shown region
+    ppd = rng.uniform(20, 40, (60, 2))
+    shown = [40.0, 60.0, 600.0, 820.0]
+    ours = FixationsToHeatmap(1.0, "deg")(fixations, (100, 80), (850, 650), ppd, shown)
+    expected = reference_heatmap(fixations, (100, 80), (850, 650), ppd, shown)
+    assert ours.shape == expected.shape == (1, 100, 80)
+    assert float((ours - expected).abs().max()) <= 1e-5
 
 
 def test_fixation_with_twice_the_duration_gives_twice_the_peak():
