@@ -11,13 +11,14 @@ where only its ``required_packages_version`` are installed: every config puts th
 archive name is the Model Zoo's ``<name>_v<version>.zip``.
 
 The training overlays (``--config``) are merged into the packaged ``train.json``, so the archive's training
-(and fine-tuning) recipe is the one that produced the weights; their architecture keys (``model_name``,
-``hf_model_name``, ``image_size``, ``experts``, ``hp_patch_size``) and any ``--set key=value`` go into
-``inference.json``. The checkpoint is then loaded strictly into the network each of the two configs builds,
-so a mismatch fails here rather than at a user's first run. The metadata's ``network_data_format`` follows
-the packaged input size, findings and embedding size; ``--study_results`` fills ``eval_metrics`` with the
-packaged run's numbers from the study (phantom-world numbers, marked as such). Exports run MONAI's own
-``ckpt_export`` / ``onnx_export`` on the staged bundle, which also proves the vendored code runs.
+(and fine-tuning) recipe is the one that produced the weights; the keys of its towers (``model_name``,
+``hf_model_name``, ``image_size``; the zero-shot classifier has no heatmap processor) and any
+``--set key=value`` go into ``inference.json``. The checkpoint is then loaded strictly into the network each
+of the two configs builds, so a mismatch fails here rather than at a user's first run. The metadata's
+``network_data_format`` follows the packaged input size, findings and embedding size; ``--study_results``
+fills ``eval_metrics`` with the packaged run's numbers from the study (phantom-world numbers, marked as such).
+Exports run MONAI's own ``ckpt_export`` (in its default scripting mode, as the Model Zoo checks it) /
+``onnx_export`` on the staged bundle, which also proves the vendored code runs.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
 PACKAGE = ROOT / "eclip_monai"
 ARCHITECTURE_KEYS = ("model_name", "hf_model_name", "image_size", "experts", "hp_patch_size")
+TOWER_KEYS = ARCHITECTURE_KEYS[:3]  # what inference.json's zero-shot classifier is built from
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "models", "eval", "input")
 
 
@@ -63,8 +65,8 @@ def training_recipe(overlays: list[Path]) -> dict:
 
 
 def inference_overrides(recipe: Mapping, settings: list[str], config: Mapping) -> dict:
-    """The recipe's architecture keys, then every ``key=value`` (JSON, else a string)."""
-    overrides = {k: recipe[k] for k in ARCHITECTURE_KEYS}
+    """The recipe's tower keys, then every ``key=value`` (JSON, else a string)."""
+    overrides = {k: recipe[k] for k in TOWER_KEYS}
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or key not in config:
@@ -117,7 +119,7 @@ def check_network(stage: Path, state: dict, checkpoint: Path, config: str = "inf
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
-        arch = {k: parser[k] for k in ARCHITECTURE_KEYS}
+        arch = {k: parser[k] for k in ARCHITECTURE_KEYS if k in parser}
         raise CXRDataError(f"the weights do not fit the {config} network {arch} (pass the training overlay "
                            f"with --config or set the keys with --set): {str(e).splitlines()[0]}",
                            path=checkpoint, field="model") from e
@@ -142,15 +144,14 @@ def update_metadata(metadata: dict, findings: list[str], size: int, dim: int) ->
 
 
 def export(kind: str, stage: Path, size: int) -> None:
-    """MONAI's own exporter on the staged bundle (traced: the open_clip towers do not script)."""
+    """MONAI's own exporter on the staged bundle: ``ckpt_export`` scripts (its default, which the Model Zoo
+    checks), ``onnx_export`` traces at the packaged input size."""
     command, target = {"ts": ("ckpt_export", "model.ts"), "onnx": ("onnx_export", "model.onnx")}[kind]
     cmd = [sys.executable, "-m", "monai.bundle", command, "network_def",
            "--filepath", str(stage / "models" / target), "--ckpt_file", str(stage / "models" / "model.pt"),
            "--meta_file", str(stage / "configs" / "metadata.json"),
            "--config_file", str(stage / "configs" / "inference.json"), "--bundle_root", str(stage),
            "--input_shape", str([1, 1, size, size])]
-    if kind == "ts":
-        cmd += ["--use_trace", "True"]
     done = subprocess.run(cmd, cwd=stage.parent, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")

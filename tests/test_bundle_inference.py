@@ -168,10 +168,26 @@ def test_inference_config_has_every_monai_inference_property(phantom_dicom, tmp_
     assert workflow.dataset_data == [{"image": str((tmp_path / "a.dcm").resolve())}]  # an optional property
 
 
+def test_the_default_config_passes_check_properties_and_a_missing_input_dir_fails_only_at_run(tmp_path):
+    """As the Model Zoo checks a bundle: MONAI's defaults, no ``input_dir`` and no weights; every inference
+    property is then built, and running names the missing folder."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(str(INFERENCE), workflow_type="inference", logging_file=False)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert workflow.dataset_data == [] and len(workflow.evaluator.data_loader) == 0
+    assert [name for name, _ in workflow.network_def.named_children()] == ["clip"]  # image tower only
+    with pytest.raises(RuntimeError) as failure:
+        workflow.run()
+    assert isinstance(failure.value.__cause__, CXRDataError)
+    assert f"{BUNDLE / 'input'}: input_dir: expected a directory" in str(failure.value.__cause__)
+
+
 def test_inference_defaults_match_what_training_saves():
     inference = json.loads(INFERENCE.read_text())
     train = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    for key in ("model_name", "image_size", "experts", "hf_model_name"):
+    for key in ("model_name", "image_size", "hf_model_name"):
         assert inference[key] == train[key], key
     assert inference["findings"] == list(DEFAULT_FINDINGS)
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())

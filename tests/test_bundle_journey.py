@@ -39,6 +39,7 @@ import json, sys
 import monai.bundle, torch
 out, types = sys.argv[1], json.loads(sys.argv[2])
 reference = torch.load("eclip_cxr/models/model.pt", weights_only=True)
+image = json.load(open("eclip_cxr/configs/metadata.json"))["network_data_format"]["inputs"]["image"]
 found = {}
 for workflow_type in types:
     kwargs = {} if workflow_type is None else {"workflow_type": workflow_type}
@@ -48,6 +49,8 @@ for workflow_type in types:
         "type": type(loaded).__name__,
         "keys_missing": sorted(set(reference) - set(state)),
         "equal": all(torch.equal(state[k].cpu(), v) for k, v in reference.items() if k in state),
+        "probabilities": (loaded.eval()(torch.zeros(1, 1, *image["spatial_shape"])).tolist()
+                          if hasattr(loaded, "embed") else None),
     }
 import eclip_monai
 json.dump({"module": eclip_monai.__file__, "loads": found}, open(out, "w"))
@@ -134,8 +137,14 @@ def test_load_returns_the_published_weights_with_defaults_and_every_workflow_typ
     # train.json and inference.json build networks; MONAI returns the state dict for types with no config
     assert types == {"None": "ECLIP", "train": "ECLIP", "training": "dict", "inference": "ZeroShotClassifier",
                      "infer": "dict", "eval": "dict", "evaluation": "dict"}
-    for name, found in loaded["loads"].items():
-        assert found["equal"] and not found["keys_missing"], name
+    for name, found in loaded["loads"].items():  # the zero-shot classifier leaves the processor behind
+        dropped = [k for k in found["keys_missing"] if not k.startswith("heatmap_processor.")]
+        assert found["equal"] and not dropped and bool(found["keys_missing"]) == (name == "inference"), name
+    eager = eager_classifier(journey["checkpoint"])
+    with torch.no_grad():
+        expected = eager(torch.zeros(1, 1, 64, 64))
+    torch.testing.assert_close(torch.tensor(loaded["loads"]["inference"]["probabilities"]), expected,
+                               atol=1e-5, rtol=0)  # prompt embeddings from the published text tower
 
 
 def test_inference_from_the_archive_equals_the_development_code_and_skips_bad_files(journey):
@@ -170,28 +179,38 @@ def test_training_fine_tuning_and_evaluation_write_their_results(journey):
     assert reports["n"] > 0 and reports["backend"] == "retrieval"
 
 
+def eager_classifier(checkpoint: Path):
+    """The development code's zero-shot classifier with the checkpoint's weights."""
+    from eclip_monai.data.formats import DEFAULT_FINDINGS
+    from eclip_monai.networks import build_eclip, build_tokenizer
+    from eclip_monai.networks.zero_shot import ZeroShotClassifier
+
+    network = build_eclip("eclip-tiny-cnn", image_size=64)
+    eager = ZeroShotClassifier(network, build_tokenizer("eclip-tiny-cnn"), DEFAULT_FINDINGS)
+    eager.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    return eager.eval()
+
+
 def test_exports_match_the_eager_network(journey):
+    """``ckpt_export`` in its default scripting mode (the Model Zoo's check) and ``onnx_export``."""
     import onnxruntime
     from monai.data import load_net_with_metadata
 
     from eclip_monai.data.formats import DEFAULT_FINDINGS
-    from eclip_monai.networks import build_eclip
-    from eclip_monai.networks.zero_shot import ZeroShotClassifier
-    from eclip_monai.networks import build_tokenizer
 
-    eager = ZeroShotClassifier(build_eclip("eclip-tiny-cnn", image_size=64), build_tokenizer("eclip-tiny-cnn"),
-                               DEFAULT_FINDINGS)
-    eager.load_state_dict(torch.load(journey["checkpoint"], weights_only=True)["model"])
-    eager.eval()
+    eager = eager_classifier(journey["checkpoint"])
     models = journey["work"] / NAME / "models"
-    traced, meta, _ = load_net_with_metadata(str(models / "model.ts"))
+    scripted, meta, _ = load_net_with_metadata(str(models / "model.ts"))
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == len(DEFAULT_FINDINGS)
+    assert not [k for k in scripted.state_dict() if not k.startswith("clip.visual.")
+                and k not in ("clip.logit_scale", "positive", "negative")]  # no text tower, no processor
     session = onnxruntime.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
     torch.manual_seed(0)
     for batch in (1, 3):
         image = torch.randn(batch, 1, 64, 64)
         with torch.no_grad():
-            torch.testing.assert_close(traced(image), eager(image), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(scripted(image), eager(image), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(scripted.embed(image), eager.embed(image), atol=1e-4, rtol=1e-4)
     image = torch.randn(1, 1, 64, 64)
     (exported,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
     with torch.no_grad():

@@ -79,6 +79,7 @@ def test_archive_holds_configs_docs_license_weights_and_the_code(packaged, tmp_p
     image = metadata["network_data_format"]["inputs"]["image"]
     assert image["spatial_shape"] == [64, 64]
     assert metadata["network_data_format"]["post_processed_outputs"]["embedding"]["num_channels"] == 256
+    assert metadata["supported_apps"] == {} and not [n for n in names if "/apps/" in n]  # no app is shipped
 
 
 def test_packaged_metadata_verifies_offline(packaged, tmp_path):
@@ -126,9 +127,9 @@ def test_weights_of_another_architecture_are_refused_with_the_checkpoint_named(p
     overlay = tmp_path / "overlay.json"
     overlay.write_text(json.dumps(RECIPE))
     with pytest.raises(CXRDataError) as failure:
-        load_script().package(checkpoint, tmp_path, [overlay], ["experts=false"])
+        load_script().package(checkpoint, tmp_path, [overlay], ["model_name=eclip-tiny"])
     assert f"{checkpoint}: model: the weights do not fit the inference.json network" in str(failure.value)
-    assert "'experts': False" in str(failure.value)
+    assert "'model_name': 'eclip-tiny'" in str(failure.value)
     assert not list(tmp_path.glob("*.zip"))
 
 

@@ -31,13 +31,18 @@ def image_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def image_datalist(input_dir: str | os.PathLike, key: str = "image") -> list[dict[str, str]]:
+def image_datalist(input_dir: str | os.PathLike, key: str = "image", missing_ok: bool = False
+                   ) -> list[dict[str, str]]:
     """``[{key: path}]`` for the chest X-rays directly in ``input_dir``, sorted by name.
 
     Files with an image suffix (DICOM, PNG/JPG/BMP/TIFF, NIfTI) are taken, and so are extension-less DICOMs
-    (recognised by their ``DICM`` marker); hidden files and other files are ignored.
+    (recognised by their ``DICM`` marker); hidden files and other files are ignored. ``missing_ok`` gives
+    ``[]`` for a folder that does not exist: the bundle builds its dataset whenever the config is parsed or
+    checked (``check_properties``), and checks the folder only when it runs.
     """
     folder = Path(input_dir)
+    if missing_ok and not folder.exists():
+        return []
     if not folder.is_dir():
         raise CXRDataError("expected a directory of chest X-ray files (DICOM, PNG/JPG, NIfTI), found none",
                            path=folder, field="input_dir")

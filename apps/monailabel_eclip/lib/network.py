@@ -73,8 +73,8 @@ def _positive_int(conf: Mapping[str, str], key: str, default: int) -> int:
 
 
 def checkpoint_has_processor(path: str) -> bool:
-    """Whether the checkpoint holds a heatmap processor (eCLIP) or not (CLIP baseline): the network must have
-    the same modules for the strict load, although classification never runs the processor."""
+    """Whether the checkpoint holds a heatmap processor (eCLIP) or not (CLIP baseline): an eCLIP network must
+    have the same modules for a strict load (the zero-shot classifier drops the processor either way)."""
     state = read_state_dict(path, mmap=True)
     if not any(name.startswith("clip.") for name in state):
         raise CXRDataError("expected eCLIP weights (a state dict with keys starting 'clip.', optionally "
@@ -83,10 +83,11 @@ def checkpoint_has_processor(path: str) -> bool:
 
 
 def build_classifier(settings: AppSettings) -> ZeroShotClassifier:
-    """The untrained network the checkpoint is loaded into (``BasicInferTask`` does the strict load)."""
+    """The untrained network the checkpoint is loaded into (``BasicInferTask`` does the strict load, which
+    takes eCLIP and CLIP-baseline weights alike); a checkpoint without eCLIP weights fails at start-up."""
+    checkpoint_has_processor(settings.checkpoint)
     network = build_eclip(model_name=settings.model_name, image_size=settings.image_size,
-                          hf_model_name=settings.hf_model_name,
-                          experts=checkpoint_has_processor(settings.checkpoint))
+                          hf_model_name=settings.hf_model_name, experts=False)
     tokenizer = build_tokenizer(settings.model_name, hf_tokenizer_name=settings.hf_model_name)
     return ZeroShotClassifier(network, tokenizer, settings.findings).eval()
 
