@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, required=True)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-fixation control")
+    parser.add_argument("--mix", type=float, default=0.0,
+                        help="query mix*I + (1-mix)*HP(I,H) in the gaze arms (0: the expert image, as served)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     return parser.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     gallery = [dict(item, **{FINDINGS_KEY: truth.get(item["dicom_id"], [])}) for item in
                build_mimic_datalist(Path(args.dataset_dir) / DATASET_DIRS["mimic"], splits=("train",),
                                     views=FRONTAL_VIEWS)]
-    result = gaze_search_precision(network, queries, gallery, args.image_size, k=args.k, seed=args.seed)
+    result = gaze_search_precision(network, queries, gallery, args.image_size, k=args.k, seed=args.seed, mix=args.mix)
     result["checkpoint"] = str(args.checkpoint)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

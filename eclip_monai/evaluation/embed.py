@@ -16,7 +16,6 @@ from tqdm import tqdm
 from eclip_monai.data.robust import SKIPPED_KEY, SkipBadSamples, collate_skip_bad
 from eclip_monai.errors import CXRDataError
 from eclip_monai.networks.zero_shot import class_embeddings
-from eclip_monai.transforms.dicom import LoadCXRDicomd
 from eclip_monai.transforms.io import LoadCXRImaged
 from eclip_monai.transforms.pipelines import eval_transforms
 
@@ -34,10 +33,9 @@ class Embeddings:
 
 
 def eval_image_transforms(image_size: int = 224, tokenizer=None, **kwargs) -> Compose:
-    """``transforms.eval_transforms`` with the DICOM loader swapped for ``LoadCXRImaged``, so PNG/JPG sets
+    """``transforms.eval_transforms`` reading with ``LoadCXRImaged``, so PNG/JPG sets
     (CheXpert, OpenI) get exactly the same resizing, cropping and normalisation as DICOM ones."""
-    chain = eval_transforms(image_size, tokenizer=tokenizer, **kwargs)
-    return Compose([LoadCXRImaged(t.keys) if isinstance(t, LoadCXRDicomd) else t for t in chain.transforms])
+    return eval_transforms(image_size, tokenizer=tokenizer, loader=LoadCXRImaged, **kwargs)
 
 
 @torch.no_grad()

@@ -56,8 +56,8 @@ def random_fixations(fixations: np.ndarray, shape: tuple[int, int], rng: np.rand
 
 @torch.no_grad()
 def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequence[dict], image_size: int,
-                          *, k: int = 10, seed: int = 0, batch_size: int = 32, device: str = "cpu",
-                          progress: bool = True) -> dict:
+                          *, k: int = 10, seed: int = 0, mix: float = 0.0, batch_size: int = 32,
+                          device: str = "cpu", progress: bool = True) -> dict:
     """Finding-match precision@k of the three query arms (see the module docstring).
 
     Args:
@@ -66,6 +66,8 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
             optional ``shown_region`` and the phantom ``findings`` (e.g. ``gaze_attention_datalist(...,
             require="both")``).
         gallery: datalist items with ``image`` and ``findings``.
+        mix: the gaze arms' query is the embedding of ``mix·I + (1 − mix)·HP(I, H)``; 0 (the default, what the
+            app serves) is the expert image alone, 0.5 the mean of training's mixup.
     """
     if not network.has_experts:
         raise ValueError("gaze-steered search needs an eCLIP network with a heatmap processor")
@@ -96,8 +98,13 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
         image = torch.stack([i["image"].as_tensor() for i in true_items]).to(device)
         heat = torch.stack([i["heatmap"].as_tensor() for i in true_items]).to(device)
         heat_random = torch.stack([i["heatmap"].as_tensor() for i in random_items]).to(device)
-        features = {"no_gaze": network.encode_image(image), "gaze": network.encode_expert_image(image, heat),
-                    "random_fixations": network.encode_expert_image(image, heat_random)}
+        def steered(heatmap: torch.Tensor) -> torch.Tensor:
+            if mix == 0:
+                return network.encode_expert_image(image, heatmap)
+            return network.encode_image(mix * image + (1 - mix) * network.heatmap_processor(image, heatmap))
+
+        features = {"no_gaze": network.encode_image(image), "gaze": steered(heat),
+                    "random_fixations": steered(heat_random)}
         for arm, query_features in features.items():
             top = (query_features.float() @ gallery_features.T).topk(min(k, len(gallery_names)), dim=1).indices
             for query, rows in zip(batch, top.tolist()):
@@ -105,7 +112,7 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
                 precision[arm].append(float(np.mean([bool(gallery_names[r] & wanted) for r in rows])))
         chance += [float(np.mean([bool(n & finding_names(q)) for n in gallery_names])) for q in batch]
     return {
-        "k": k, "queries": len(queries), "gallery": len(gallery_names), "seed": seed,
+        "k": k, "queries": len(queries), "gallery": len(gallery_names), "seed": seed, "mix": mix,
         "chance": float(np.mean(chance)),
         "precision": {arm: float(np.mean(values)) for arm, values in precision.items()},
         "contrasts": {f"{a} - {b}": paired_difference(precision[a], precision[b]).as_dict() | {"diffs": None}

@@ -13,7 +13,6 @@ from pathlib import Path
 from monai.transforms import Compose
 
 from eclip_monai.errors import CXRDataError
-from eclip_monai.transforms.dicom import LoadCXRDicomd
 from eclip_monai.transforms.io import NIFTI_SUFFIXES, PIL_SUFFIXES, LoadCXRImaged, is_dicom
 from eclip_monai.transforms.pipelines import CXRKeys, eval_transforms
 
@@ -64,5 +63,4 @@ def inference_transforms(image_size: int = 224, key: str = "image", mean: float 
                          ) -> Compose:
     """The evaluation chain (shortest side to ``image_size``, centre crop, normalisation) with a loader that
     reads DICOM, PNG/JPG and NIfTI alike, so every format reaches the network as the same pixels."""
-    chain = eval_transforms(image_size, keys=CXRKeys(image=key), mean=mean, std=std)
-    return Compose([LoadCXRImaged(key) if isinstance(t, LoadCXRDicomd) else t for t in chain.transforms])
+    return eval_transforms(image_size, keys=CXRKeys(image=key), mean=mean, std=std, loader=LoadCXRImaged)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from monai.transforms import CenterSpatialCropd, Compose, DeleteItemsd, NormalizeIntensityd, Transform
+from monai.transforms import CenterSpatialCropd, Compose, DeleteItemsd, MapTransform, NormalizeIntensityd, Transform
 
 from eclip_monai.transforms.augment import RandCLAHEd, RandResizedCropd, ResizeShortestSided
 from eclip_monai.transforms.dicom import LoadCXRDicomd
@@ -54,15 +54,19 @@ def deterministic_prefix(
     report_sections: Sequence[str] | None = None,
     sigma_deg: float = 1.0,
     default_pixels_per_degree: float | None = None,
+    loader: type[MapTransform] = LoadCXRDicomd,
 ) -> list[Transform]:
     """Load, resize the shortest side to ``shortest_side``, [heatmap], [report sections], [tokenise].
+
+    ``loader`` reads ``keys.image``: ``LoadCXRDicomd`` (training data is DICOM) or ``transforms.LoadCXRImaged``
+    (DICOM, PNG/JPG and NIfTI alike, for evaluation sets and inference inputs).
 
     ``report_sections`` (e.g. ``("findings", "impression")``) extracts sections from raw reports or ``.txt``
     paths, falling back to the whole report; leave it ``None`` when the datalist already holds the text.
     Without a ``tokenizer`` the report is left untouched (image-only inference).
     """
     chain: list[Transform] = [
-        LoadCXRDicomd(keys.image),
+        loader(keys.image),
         ResizeShortestSided(keys.image, shortest_side, mode="area"),
     ]
     if with_heatmap:
@@ -93,6 +97,7 @@ def train_transforms(
     sigma_deg: float = 1.0,
     default_pixels_per_degree: float | None = None,
     report_sections: Sequence[str] | None = None,
+    loader: type[MapTransform] = LoadCXRDicomd,
 ) -> Compose:
     """Training chain: :func:`deterministic_prefix` at ``pre_resize`` (default 1.15 × ``image_size``), then a
     random resized crop of image and heatmap together, CLAHE on the image, and mean/std normalisation."""
@@ -100,7 +105,7 @@ def train_transforms(
     prefix = deterministic_prefix(pre_resize or round(PRE_RESIZE_FACTOR * image_size), keys=keys,
                                   with_heatmap=with_heatmap, tokenizer=tokenizer,
                                   report_sections=report_sections, sigma_deg=sigma_deg,
-                                  default_pixels_per_degree=default_pixels_per_degree)
+                                  default_pixels_per_degree=default_pixels_per_degree, loader=loader)
     return Compose([
         *prefix,
         RandResizedCropd(spatial, image_size, scale=crop_scale, mode="bilinear"),
@@ -120,12 +125,13 @@ def eval_transforms(
     sigma_deg: float = 1.0,
     default_pixels_per_degree: float | None = None,
     report_sections: Sequence[str] | None = None,
+    loader: type[MapTransform] = LoadCXRDicomd,
 ) -> Compose:
     """Evaluation chain: shortest side to ``image_size``, centre crop, normalisation; fully deterministic."""
     spatial = [keys.image, keys.heatmap] if with_heatmap else [keys.image]
     prefix = deterministic_prefix(image_size, keys=keys, with_heatmap=with_heatmap, tokenizer=tokenizer,
                                   report_sections=report_sections, sigma_deg=sigma_deg,
-                                  default_pixels_per_degree=default_pixels_per_degree)
+                                  default_pixels_per_degree=default_pixels_per_degree, loader=loader)
     return Compose([
         *prefix,
         CenterSpatialCropd(spatial, image_size),
