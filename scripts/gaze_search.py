@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-fixation control")
     parser.add_argument("--mix", type=float, default=0.0,
                         help="query mix*I + (1-mix)*HP(I,H) in the gaze arms (0: the expert image, as served)")
+    parser.add_argument("--primed", action="store_true",
+                        help="gallery and no-gaze query through the processor with a uniform heatmap, HP(I, 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     return parser.parse_args(argv)
 
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     gallery = [dict(item, **{FINDINGS_KEY: truth.get(item["dicom_id"], [])}) for item in
                build_mimic_datalist(Path(args.dataset_dir) / DATASET_DIRS["mimic"], splits=("train",),
                                     views=FRONTAL_VIEWS)]
-    result = gaze_search_precision(network, queries, gallery, args.image_size, k=args.k, seed=args.seed, mix=args.mix)
+    result = gaze_search_precision(network, queries, gallery, args.image_size, k=args.k, seed=args.seed, mix=args.mix,
+                                   primed=args.primed)
     result["checkpoint"] = str(args.checkpoint)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from eclip_monai.evaluation.embed import embed_dataset, eval_image_transforms
@@ -54,9 +55,21 @@ def random_fixations(fixations: np.ndarray, shape: tuple[int, int], rng: np.rand
     return np.stack([x, y, fixations[:, 2]], axis=1)
 
 
+class _Primed(nn.Module):
+    """``encode_image`` of HP(I, 1): an image seen through the heatmap processor with a uniform heatmap."""
+
+    def __init__(self, network: ECLIP):
+        super().__init__()
+        self.network = network
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network.encode_image(self.network.prime(image))
+
+
 @torch.no_grad()
 def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequence[dict], image_size: int,
-                          *, k: int = 10, seed: int = 0, mix: float = 0.0, batch_size: int = 32,
+                          *, k: int = 10, seed: int = 0, mix: float = 0.0, primed: bool = False,
+                          batch_size: int = 32,
                           device: str = "cpu", progress: bool = True) -> dict:
     """Finding-match precision@k of the three query arms (see the module docstring).
 
@@ -68,6 +81,9 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
         gallery: datalist items with ``image`` and ``findings``.
         mix: the gaze arms' query is the embedding of ``mix·I + (1 − mix)·HP(I, H)``; 0 (the default, what the
             app serves) is the expert image alone, 0.5 the mean of training's mixup.
+        primed: embed the gallery and the no-gaze query through the processor with a uniform heatmap,
+            HP(I, 1) (what the priming loss pulls towards I), so all three arms live in the processor's output
+            space and only the heatmap differs between them.
     """
     if not network.has_experts:
         raise ValueError("gaze-steered search needs an eCLIP network with a heatmap processor")
@@ -75,7 +91,8 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
     if not queries:
         raise ValueError("no query has both fixations and findings")
     network = network.to(device).eval()
-    found = embed_dataset(network, [{"image": g["image"]} for g in gallery], eval_image_transforms(image_size),
+    found = embed_dataset(_Primed(network) if primed else network, [{"image": g["image"]} for g in gallery],
+                          eval_image_transforms(image_size),
                           batch_size=batch_size, device=device, desc="gallery", progress=progress)
     names_of = {g["image"]: finding_names(g) for g in gallery}
     gallery_names = [names_of[p] for p in found.paths]
@@ -103,7 +120,8 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
                 return network.encode_expert_image(image, heatmap)
             return network.encode_image(mix * image + (1 - mix) * network.heatmap_processor(image, heatmap))
 
-        features = {"no_gaze": network.encode_image(image), "gaze": steered(heat),
+        plain = network.encode_image(network.prime(image) if primed else image)
+        features = {"no_gaze": plain, "gaze": steered(heat),
                     "random_fixations": steered(heat_random)}
         for arm, query_features in features.items():
             top = (query_features.float() @ gallery_features.T).topk(min(k, len(gallery_names)), dim=1).indices
@@ -112,7 +130,7 @@ def gaze_search_precision(network: ECLIP, queries: Sequence[dict], gallery: Sequ
                 precision[arm].append(float(np.mean([bool(gallery_names[r] & wanted) for r in rows])))
         chance += [float(np.mean([bool(n & finding_names(q)) for n in gallery_names])) for q in batch]
     return {
-        "k": k, "queries": len(queries), "gallery": len(gallery_names), "seed": seed, "mix": mix,
+        "k": k, "queries": len(queries), "gallery": len(gallery_names), "seed": seed, "mix": mix, "primed": primed,
         "chance": float(np.mean(chance)),
         "precision": {arm: float(np.mean(values)) for arm, values in precision.items()},
         "contrasts": {f"{a} - {b}": paired_difference(precision[a], precision[b]).as_dict() | {"diffs": None}
