@@ -14,8 +14,6 @@ findings go back as a DICOM SR, and the reader's gaze overlay as a Secondary Cap
 
 from __future__ import annotations
 
-import os
-
 from dicomweb_client.session_utils import create_session_from_user_pass
 from fastapi import HTTPException
 from monailabel.config import settings
@@ -31,7 +29,10 @@ from eclip_monai.inference.gaze_query import gaze_request
 from lib.findings import ZeroShotFindings
 from lib.network import AppSettings, build_classifier, load_report_index
 from lib.pacs import RadiographDICOMwebDatastore, dicom_results
+from lib.request_guard import install, is_upload
 from lib.similar import SimilarStudies
+
+install()  # requests name a datastore image or their own upload, never a server path (lib/request_guard.py)
 
 # chest X-rays mostly come as DICOM, which MONAI Label's default datastore extensions leave out
 DICOM_EXTENSIONS = ["*.dcm", "*.DCM", "*.dicom"]
@@ -82,13 +83,17 @@ class ECLIPApp(MONAILabelApp):
         image = request.get("image")
         store = datastore or self.datastore()
         write_back = str(request.get("write_back", "")).lower() in ("1", "true", "yes")
+        if request.get("model") not in self._infers:
+            raise HTTPException(404, f"model {request.get('model')!r}: not one of {sorted(self._infers)}")
         if isinstance(store, RadiographDICOMwebDatastore):
-            if not store.has_image(image):
+            if not (isinstance(image, str) and (store.has_image(image) or is_upload(image))):
                 raise HTTPException(404, f"image {image!r}: not a radiograph series in the PACS {self.studies}")
-        elif isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+        elif not isinstance(image, str) or not (store.get_image_uri(image) or is_upload(image)):
             raise HTTPException(404, f"image {image!r}: not in the datastore {self.studies}")
+        elif store.get_image_uri(image):
+            request = {**request, "image": store.get_image_uri(image)}  # the id, never a same-named path
         if write_back and (request.get("model") != "eclip_findings"
-                           or not isinstance(store, RadiographDICOMwebDatastore)):
+                           or not isinstance(store, RadiographDICOMwebDatastore) or is_upload(image)):
             raise HTTPException(422, "write_back: results go back as DICOM only from eclip_findings on a "
                                      "DICOMweb (PACS) datastore")
         try:

@@ -137,7 +137,9 @@ def _solve_size(fx, fy, x_original, y_original, pads) -> tuple[int, int] | None:
 
 
 def _dicom_size(path: str | None, roots: list[Path]) -> tuple[int, int] | None:
-    """(Rows, Columns) from the DICOM header only; the pixel data is never read."""
+    """(Rows, Columns) from the DICOM header only; the pixel data is never read. ``None`` (the image is then
+    skipped and counted) for anything that is not a readable header, and for a deflated file, whose header
+    pydicom can only read by inflating the whole dataset first."""
     if not path:
         return None
     import pydicom
@@ -145,11 +147,15 @@ def _dicom_size(path: str | None, roots: list[Path]) -> tuple[int, int] | None:
     for candidate in [Path(path)] if Path(path).is_absolute() else [r / path for r in roots]:
         if candidate.is_file():
             try:
+                syntax = pydicom.filereader.read_file_meta_info(candidate).get("TransferSyntaxUID")
+                if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+                    return None
                 header = pydicom.dcmread(candidate, stop_before_pixels=True,
                                          specific_tags=["Rows", "Columns"])
-                return int(header.Rows), int(header.Columns)
-            except (pydicom.errors.InvalidDicomError, AttributeError, OSError):
+                rows, cols = int(header.Rows), int(header.Columns)
+            except Exception:  # not DICOM, a truncated or corrupt header, no or non-integer Rows/Columns
                 return None
+            return (rows, cols) if rows > 0 and cols > 0 else None
     return None
 
 

@@ -99,6 +99,9 @@ def read_csv(
     except pd.errors.EmptyDataError:
         raise CXRDataError(f"file is empty; expected a header with columns {list(required)}",
                            path=path) from None
+    except (ValueError, OSError) as exc:  # not UTF-8 (UnicodeDecodeError), unbalanced quotes (ParserError)...
+        raise CXRDataError(f"expected a UTF-8 CSV with columns {list(required)}, found "
+                           f"{type(exc).__name__}: {exc}", path=path) from exc
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CXRDataError(f"missing column {missing[0]!r}; expected columns {list(required)}, "

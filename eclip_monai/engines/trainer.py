@@ -9,6 +9,13 @@ clipping), ``expert_p``, ``expert_used``, ``expert_batches`` (consumed so far), 
 dropping bad samples is skipped (``skipped=1``, no loss entries, no optimiser step). Log the output with
 ``StatsHandler(output_transform=lambda out: out)``.
 
+Non-finite steps. A NaN or Inf loss term or gradient is caught before the optimiser step, so it never reaches
+the weights. ``nonfinite_policy="stop"`` raises ``FloatingPointError`` naming the iteration, the term
+(``loss_clip``, ``loss_prime`` or the first parameter with a non-finite gradient) and the batch's sample ids;
+``"skip"`` drops the step (``skipped=1``, ``nonfinite=1``, counted in ``engine.state.nonfinite_steps``, which
+is checkpointed) and stops as ``"stop"`` once more than ``max_nonfinite_skips`` steps were dropped. Under AMP
+only the loss is checked: an Inf gradient there is the GradScaler's normal signal to lower its scale.
+
 Exact resume. Every random draw is seeded from the run seed and a position: the global RNGs
 (``set_determinism``) from ``(seed, iteration, rank)`` at each ``ITERATION_STARTED``, the expert draw from
 ``(seed, iteration)`` (``ExpertCurriculumHandler``), data order and augmentation from ``(seed, pass, index)``
@@ -36,7 +43,7 @@ from monai.engines.workflow import Workflow
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
-from eclip_monai.data.robust import SKIPPED_KEY
+from eclip_monai.data.robust import BAD_KEY, SKIPPED_KEY
 from eclip_monai.seeding import derive_seed
 from eclip_monai.engines.streams import ExpertStream, ResumableLoader
 from eclip_monai.losses import PrimingLoss, batch_retrieval_accuracy
@@ -65,6 +72,13 @@ def _concat(main: Any, expert: Any) -> Any:
     return torch.cat([main, expert]) if isinstance(main, torch.Tensor) else list(main) + list(expert)
 
 
+def _sample_ids(batch: Mapping, rows: int) -> list[str]:
+    """The batch's first ``rows`` sample names: ``dicom_id`` or ``path`` entries, else the image files."""
+    key = next((k for k in ("dicom_id", "path") if k in batch), None)
+    names = batch[key] if key else getattr(batch.get("image"), "meta", {}).get("filename_or_obj", [])
+    return [str(n) for n in list(names)[:rows]] if isinstance(names, (list, tuple)) else []
+
+
 class ECLIPTrainer(SupervisedTrainer):
     """eCLIP trainer: injects an expert batch when ``engine.state.inject_expert`` (set each iteration by
     ``ExpertCurriculumHandler``) and adds the priming loss while ``engine.state.priming_weight`` > 0.
@@ -88,6 +102,8 @@ class ECLIPTrainer(SupervisedTrainer):
         optim_set_to_none: clear gradients to None, not zero, so that parameters idle in a step (the heatmap
             processor without experts or priming) get no momentum or weight-decay update; a zero gradient
             left from before a restart would otherwise move them, and resume would not be exact.
+        nonfinite_policy: ``"stop"`` or ``"skip"`` a step whose loss or gradient is NaN or Inf (see above).
+        max_nonfinite_skips: with ``"skip"``, the most steps dropped in a run before it stops.
     """
 
     def __init__(
@@ -107,10 +123,14 @@ class ECLIPTrainer(SupervisedTrainer):
         seed: int = 0,
         decollate: bool = False,
         optim_set_to_none: bool = True,
+        nonfinite_policy: str = "stop",
+        max_nonfinite_skips: int = 10,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("accumulation_steps", 1) != 1:
             raise ValueError("ECLIPTrainer does not accumulate gradients: InfoNCE needs one batch per step.")
+        if nonfinite_policy not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_policy: expected 'stop' or 'skip', found {nonfinite_policy!r}")
         self.has_experts = bool(getattr(getattr(network, "module", network), "has_experts", False))
         if expert_data_loader is not None and not self.has_experts:
             raise ValueError("expert_data_loader was given but the network has no heatmap processor.")
@@ -132,11 +152,12 @@ class ECLIPTrainer(SupervisedTrainer):
         self.clip_grad_norm = clip_grad_norm
         self.image_key, self.text_key, self.heatmap_key = image_key, text_key, heatmap_key
         self.seed = seed
+        self.nonfinite_policy, self.max_nonfinite_skips = nonfinite_policy, max_nonfinite_skips
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         # defaults for a run without ExpertCurriculumHandler, which sets the first three each iteration
         self.state.inject_expert, self.state.expert_p, self.state.priming_weight = False, 0.0, 0.0
-        self.state.bad_samples = 0
-        self.state_dict_user_keys.append("bad_samples")
+        self.state.bad_samples, self.state.nonfinite_steps, self.state.step_bad = 0, 0, []
+        self.state_dict_user_keys.extend(["bad_samples", "nonfinite_steps"])
         self.add_event_handler(Events.ITERATION_STARTED, self._reseed)
 
     def run(self) -> None:  # type: ignore[override]
@@ -164,10 +185,12 @@ class ECLIPTrainer(SupervisedTrainer):
 
     def _iteration(self, engine: ECLIPTrainer, batchdata: dict[str, Any]) -> dict:
         engine.state.bad_samples += int(batchdata.get(SKIPPED_KEY, 0))
+        engine.state.step_bad = list(batchdata.get(BAD_KEY, ()))  # (reason, path) of this step's bad samples
         expert: Mapping = {}
         if engine.state.inject_expert and self.expert_stream is not None:
             expert = next(self.expert_stream)
             engine.state.bad_samples += int(expert.get(SKIPPED_KEY, 0))
+            engine.state.step_bad += list(expert.get(BAD_KEY, ()))
         n_main, n_expert = self._common_sizes(  # a batch whose samples were all bad has no image key
             len(batchdata.get(self.image_key, ())), len(expert.get(self.image_key, ()))
         )
@@ -199,6 +222,9 @@ class ECLIPTrainer(SupervisedTrainer):
         if engine.amp and engine.scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):
                 out, loss, loss_clip, loss_prime = _forward_and_loss()
+            if not self._all_finite(loss):
+                return self._nonfinite_step(engine, {"loss_clip": loss_clip, "loss_prime": loss_prime},
+                                            batchdata, expert, n_main, n_expert)
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.unscale_(engine.optimizer)
@@ -210,6 +236,9 @@ class ECLIPTrainer(SupervisedTrainer):
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             grad_norm = self._clip_gradients(engine)
+            if not bool(torch.isfinite(grad_norm)):  # NaN or Inf in a loss term makes the gradient so too
+                return self._nonfinite_step(engine, {"loss_clip": loss_clip, "loss_prime": loss_prime},
+                                            batchdata, expert, n_main, n_expert)
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
@@ -235,6 +264,38 @@ class ECLIPTrainer(SupervisedTrainer):
             n_expert=n_expert,
             expert_used=int(n_expert > 0),
         )
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        """Whether ``value`` is finite on every DDP process, so that all of them take or skip the step."""
+        finite = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite)
+
+    def _nonfinite_step(self, engine: ECLIPTrainer, terms: Mapping[str, torch.Tensor], batch: Mapping,
+                        expert: Mapping, n_main: int, n_expert: int) -> dict:
+        """Apply ``nonfinite_policy`` to a step with a NaN or Inf loss or gradient, before any update."""
+        term = next((f"{k} ({float(v.detach())})" for k, v in terms.items() if not torch.isfinite(v)), None)
+        if term is None:
+            params = getattr(engine.network, "module", engine.network).named_parameters()
+            bad = (n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all())
+            term = f"gradient of {next(bad, '?')}"
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.state.nonfinite_steps += 1
+        ids = _sample_ids(batch, n_main) + _sample_ids(expert, n_expert)
+        what = f"non-finite {term} at iteration {engine.state.iteration} (epoch {engine.state.epoch}); " \
+               f"batch sample ids: {ids}"
+        count, limit = engine.state.nonfinite_steps, self.max_nonfinite_skips
+        if self.nonfinite_policy == "skip" and count <= limit:
+            engine.logger.warning(f"Skipping the step: {what} ({count} of at most {limit} skipped).")
+            return self._output(engine, skipped=1, nonfinite=1, n_main=n_main, n_expert=n_expert,
+                                expert_used=0)
+        if self.nonfinite_policy == "skip":
+            what += f"; {count} steps dropped so far for a non-finite loss or gradient, more than " \
+                    f"max_nonfinite_skips={limit}"
+        raise FloatingPointError(f"Stopping training: {what}. The network keeps its weights from before this "
+                                 "step. Lower learning_rate, keep clip_grad_norm on, check these samples, or "
+                                 "set nonfinite_policy to 'skip'.")
 
     def _clip_gradients(self, engine: ECLIPTrainer) -> torch.Tensor:
         """Clip to ``clip_grad_norm`` (none when None); return the total norm before clipping."""

@@ -10,6 +10,7 @@ tasks, with mean ± std per probe fraction, share one long table (dataset, task,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from eclip_monai.evaluation.tasks import EvalContext
+from eclip_monai.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +68,17 @@ def _rows(results: Mapping[str, dict]):
 
 
 def write_results(results: Mapping[str, dict], output_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (nested, as returned) and ``metrics.csv`` (one number per row)."""
+    """Write ``metrics.json`` (nested, as returned) and ``metrics.csv`` (one number per row), each atomically:
+    a full disk or a read-only folder raises an ``OSError`` naming the file and leaves no partial file."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = output_dir / "metrics.json", output_dir / "metrics.csv"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("dataset", "task", "metric", "value"))
-        writer.writerows(_rows(results))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(("dataset", "task", "metric", "value"))
+    writer.writerows(_rows(results))
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write(json_path, lambda f: f.write(text.encode()), "evaluation results")
+    atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()), "evaluation results")
     logger.info("evaluation results written to %s and %s", json_path, csv_path)
     return json_path, csv_path

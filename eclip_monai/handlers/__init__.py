@@ -1,6 +1,6 @@
 """Ignite handlers for eCLIP training: the expert curriculum, atomic checkpoints and the training guard."""
 
-from eclip_monai.handlers.checkpoint import AtomicCheckpointSaver, checkpoint_objects
+from eclip_monai.handlers.checkpoint import AtomicCheckpointSaver, VerifiedCheckpointLoader, checkpoint_objects
 from eclip_monai.handlers.curriculum import (
     PHASES,
     ExpertCurriculumHandler,
@@ -14,6 +14,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "ExpertCurriculumHandler",
     "TrainingGuard",
+    "VerifiedCheckpointLoader",
     "checkpoint_objects",
     "curriculum_phase",
     "expert_probability",

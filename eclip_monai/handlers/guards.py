@@ -39,13 +39,16 @@ class TrainingGuard:
       expected at least ``min_expected_expert_batches`` and drew none. A run so short that the curriculum
       expected fewer and, by chance, drew none ends with a warning instead: the draw, not the data, is why.
     - **Too many bad samples**: at ``EPOCH_COMPLETED`` and ``COMPLETED``, when more than ``max_bad_fraction``
-      of the samples seen were skipped, once at least ``min_samples`` were seen.
+      of the samples seen were skipped, once at least ``min_samples`` were seen. The error summarises what was
+      bad: counts per reason and up to ``examples`` files each, from the ``(reason, path)`` pairs the trainer
+      leaves in ``engine.state.step_bad`` (datasets wrapped in ``SkipBadSamples(..., describe=True)``).
 
     Under DDP the sample counts are summed over the processes before the bad share is judged, so every
     process takes the same decision (expert counts are equal on all processes already: the trainer trims
     every rank to the common expert batch, and the curriculum's draw is the same everywhere). The counters
     are checkpointed with ``state_dict`` (add the guard to ``handlers.checkpoint_objects``) so a resumed run
-    judges the whole run, as ``bad_samples`` is restored with the trainer.
+    judges the whole run, as ``bad_samples`` is restored with the trainer. The per-reason summary is this
+    process's own under DDP.
 
     Args:
         max_bad_fraction: largest share of the samples seen that may be skipped as bad; None to not check.
@@ -56,6 +59,7 @@ class TrainingGuard:
             a run.
         min_expected_expert_batches: expected expert batches (sum of ``expert_p``) from which a run that drew
             none is an error; below it, only a warning. At 5 a working draw gives none with probability < 1 %.
+        examples: files named per reason in the bad-share error.
         name: logger name; default the engine's logger.
     """
 
@@ -65,6 +69,7 @@ class TrainingGuard:
         require_experts: bool = True,
         min_samples: int = 200,
         min_expected_expert_batches: float = 5.0,
+        examples: int = 3,
         name: str | None = None,
     ) -> None:
         if max_bad_fraction is not None and not 0.0 <= max_bad_fraction <= 1.0:
@@ -73,12 +78,15 @@ class TrainingGuard:
         self.require_experts = require_experts
         self.min_samples = min_samples
         self.min_expected_expert_batches = min_expected_expert_batches
+        self.examples = examples
         self.logger = logging.getLogger(name)
         self._name = name
         self.used_samples = 0
         self.expert_samples = 0
         self.expert_draws = 0
         self.expected_expert_batches = 0.0
+        self.bad_reasons: dict[str, int] = {}
+        self.bad_examples: dict[str, list[str]] = {}
 
     def attach(self, engine: Engine) -> None:
         """
@@ -96,6 +104,11 @@ class TrainingGuard:
         n_expert = int(output.get("n_expert", 0))
         self.used_samples += int(output.get("n_main", 0)) + n_expert
         self.expected_expert_batches += float(output.get("expert_p", 0.0))
+        for reason, path in getattr(engine.state, "step_bad", ()):
+            self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + 1
+            examples = self.bad_examples.setdefault(reason, [])
+            if len(examples) < self.examples and path not in examples:
+                examples.append(path)
         if not output.get("skipped", 0):
             self.expert_samples += n_expert
             self.expert_draws += int(bool(getattr(engine.state, "inject_expert", False)))
@@ -143,10 +156,19 @@ class TrainingGuard:
         raise RuntimeError(
             f"{bad} of {seen} samples seen ({bad / seen:.1%}) were skipped as bad after "
             f"{engine.state.iteration} iterations, more than max_bad_fraction={self.max_bad_fraction:.1%}: "
-            "the run would learn from a different dataset than the one configured. The warnings of "
-            "eclip_monai.data.robust name each file and field; fix or remove those samples, or raise "
-            "max_bad_fraction if the share is expected."
+            f"the run would learn from a different dataset than the one configured.{self._summary()} "
+            "The warnings of eclip_monai.data.robust name each file and field; fix or remove those samples, "
+            "or raise max_bad_fraction if the share is expected."
         )
+
+    def _summary(self) -> str:
+        """`` By reason: <reason>: <n> (e.g. <paths>); ...`` over the bad samples described so far."""
+        if not self.bad_reasons:
+            return ""
+        ranked = sorted(self.bad_reasons.items(), key=lambda item: -item[1])
+        parts = [f"{reason!r}: {n} (e.g. {', '.join(self.bad_examples.get(reason, []))})"
+                 for reason, n in ranked]
+        return " By reason: " + "; ".join(parts) + "."
 
     def _bad_samples(self, engine: Engine) -> int:
         return int(getattr(engine.state, "bad_samples", 0))
@@ -167,6 +189,8 @@ class TrainingGuard:
             "expert_samples": self.expert_samples,
             "expert_draws": self.expert_draws,
             "expected_expert_batches": self.expected_expert_batches,
+            "bad_reasons": dict(self.bad_reasons),
+            "bad_examples": {reason: list(paths) for reason, paths in self.bad_examples.items()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -174,3 +198,5 @@ class TrainingGuard:
         self.expert_samples = int(state_dict["expert_samples"])
         self.expert_draws = int(state_dict["expert_draws"])
         self.expected_expert_batches = float(state_dict["expected_expert_batches"])
+        self.bad_reasons = dict(state_dict.get("bad_reasons", {}))  # absent from older checkpoints
+        self.bad_examples = {r: list(paths) for r, paths in state_dict.get("bad_examples", {}).items()}

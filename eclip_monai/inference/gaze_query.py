@@ -26,7 +26,10 @@ __all__ = ["ROI_GRID", "gaze_request", "image_rows", "reading_pixels_per_degree"
 
 def roi_fixations(roi) -> np.ndarray:
     """(ROI_GRID², 3) equal fixations ``[x, y, 1.0]`` on a grid filling ``[xmin, ymin, xmax, ymax]``."""
-    box = np.asarray(roi, dtype=np.float64).reshape(-1)
+    try:
+        box = np.asarray(roi, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):  # text, nested lists of different lengths...
+        box = np.empty(0)
     if box.shape != (4,) or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
         raise CXRDataError(f"expected [xmin, ymin, xmax, ymax] with xmin < xmax and ymin < ymax, found {roi!r}",
                            field="roi")
@@ -44,11 +47,17 @@ def reading_pixels_per_degree(rows: int, screen_pixels_per_degree: float = DEFAU
 
 
 def image_rows(path: str | os.PathLike) -> int:
-    """The image's row count: from the DICOM header when it is one, else by reading the image."""
+    """The image's row count: from the DICOM header when it is one (and not deflated: pydicom would inflate
+    the whole dataset to read it), else by reading the image, whose loader names the file at fault."""
     if is_dicom(path):
-        rows = pydicom.dcmread(path, stop_before_pixels=True).get("Rows")
-        if rows:
-            return int(rows)
+        try:
+            syntax = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+            if syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
+                rows = int(pydicom.dcmread(path, stop_before_pixels=True).get("Rows") or 0)
+                if rows > 0:
+                    return rows
+        except Exception:  # a broken header: LoadCXRImage below raises CXRDataError naming file and field
+            pass
     return int(LoadCXRImage()(path).shape[-2])
 
 

@@ -2,7 +2,8 @@
 
 One pair of files per input, named after it (see ``inputs.image_stem``), so results can be matched to images
 without a join and a run that stops half-way keeps everything written so far. Each file is written under a
-temporary name and renamed, so a reader never sees half a file.
+temporary name and renamed (``files.atomic_write``), so a reader never sees half a file, and a full disk or a
+read-only folder raises an ``OSError`` naming the file instead of leaving part of one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from eclip_monai.errors import CXRDataError
+from eclip_monai.files import atomic_write
 from eclip_monai.inference.inputs import image_stem
 
 __all__ = ["SaveFindingsd"]
@@ -63,8 +65,4 @@ class SaveFindingsd(MapTransform):
         return d
 
     def _write(self, name: str, write) -> None:
-        target = self.output_dir / name
-        partial = target.with_name(f".{name}.tmp")
-        with open(partial, "wb") as handle:
-            write(handle)
-        os.replace(partial, target)
+        atomic_write(self.output_dir / name, write, "an inference result", durable=False)

@@ -3,12 +3,19 @@
 Training writes ``{"network": ..., "optimizer": ..., "trainer": ...}`` (``checkpoint_epoch=N.pt``,
 ``final.pt``), its best-metric saver ``{"model": ...}``, and the bundle ships a bare state dict
 (``models/model.pt``); ``DistributedDataParallel`` adds ``module.`` to every name. Evaluation, report
-generation, packaging, fine-tuning and the MONAI Label app all read weights through this module, so a
-checkpoint that loads in one loads in all.
+generation, packaging, fine-tuning, resume and the MONAI Label app all read weights through this module,
+so a checkpoint that loads in one loads in all, and a damaged one is refused by all with the same message.
+
+``weights_only`` loading refuses pickled code, but a byte flipped inside a tensor loads silently (the zip
+records are not checksummed on read). Training checkpoints therefore carry ``DIGEST_KEY``, a SHA-256 of
+their contents (``checkpoint_digest``) written by ``handlers.AtomicCheckpointSaver``; ``load_tensors``
+verifies it when present. Files without one (the packaged bundle's bare state dict, other tools' files)
+load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,18 +27,57 @@ from eclip_monai.errors import CXRDataError
 
 WEIGHT_KEYS = ("model", "network", "state_dict")
 PROCESSOR = "heatmap_processor"
+DIGEST_KEY = "sha256"
+
+
+def checkpoint_digest(checkpoint: Mapping[str, Any]) -> str:
+    """SHA-256 over a checkpoint's entries (all but ``DIGEST_KEY``): tensor dtypes, shapes and bytes, and the
+    ``repr`` of every other value, in order. Equal before ``torch.save`` and after a ``weights_only`` load."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, Mapping):
+            digest.update(b"{")
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                walk(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    walk({k: v for k, v in checkpoint.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
 
 
 def load_tensors(path: str | os.PathLike, *, mmap: bool = False) -> Any:
-    """``torch.load`` with ``weights_only`` on the CPU; a missing, truncated or foreign file raises
-    ``CXRDataError`` naming it."""
+    """``torch.load`` with ``weights_only`` on the CPU. A missing, empty, truncated or foreign file, pickled
+    code, or contents that no longer match their ``DIGEST_KEY`` raise ``CXRDataError`` naming the file; the
+    digest entry is removed from what is returned."""
     if not os.path.isfile(path):
         raise CXRDataError("file not found; expected a PyTorch checkpoint", path=path)
+    if os.path.getsize(path) == 0:
+        raise CXRDataError("file is empty (0 bytes); expected a PyTorch checkpoint", path=path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for foreign or truncated files
-        raise CXRDataError(f"expected a readable PyTorch checkpoint of tensors, found {type(e).__name__}: "
-                           f"{str(e)[:300]}", path=path) from e
+        raise CXRDataError(f"expected a readable PyTorch checkpoint of tensors (not truncated, no pickled "
+                           f"code), found {type(e).__name__}: {str(e)[:300]}", path=path) from e
+    if isinstance(stored, Mapping) and isinstance(stored.get(DIGEST_KEY), str):
+        stored = dict(stored)
+        if stored.pop(DIGEST_KEY) != checkpoint_digest(stored):
+            raise CXRDataError("expected contents matching the checkpoint's own SHA-256, found others: "
+                               "the file was altered or damaged after it was written", path=path,
+                               field=DIGEST_KEY)
+    return stored
 
 
 def read_state_dict(path: str | os.PathLike, key: str | None = None, *, mmap: bool = False

@@ -7,7 +7,8 @@ frame as the (C, H, W) image, so MONAI spatial dictionary transforms applied to 
 The map is computed directly at the working resolution (no full-size map is ever built): fixation centres
 and σ are scaled from the original shape (``meta["spatial_shape"]``) to the image's current shape, with
 MONAI's pixel-centre convention (``x' = (x + 0.5)·W/W0 − 0.5``, as ``Resize``, ``align_corners=False``).
-Each Gaussian is separable, so the whole map is one matmul of per-axis profiles (N, H)ᵀ·(N, W); clipping to
+Each Gaussian is separable, so the whole map is a matmul of per-axis profiles (N, H)ᵀ·(N, W), summed over
+chunks of fixations so a recording of a million fixations needs no more memory than a short one; clipping to
 the shown region (REFLACX ``{x,y}{min,max}_shown_from_image``, possibly per fixation) is a rectangle and
 stays separable. Fixations whose centre lies off the image (or outside its shown region) are dropped:
 the reader could not have been looking at image content there, so neither their peak nor their tails
@@ -32,6 +33,7 @@ from eclip_monai.errors import CXRDataError
 __all__ = ["FixationsToHeatmap", "FixationsToHeatmapd"]
 
 _MIN_SIGMA_PX = 0.5
+_CHUNK = 4096  # fixations per matmul: memory stays O(chunk x (H + W)) however long the recording
 
 
 class FixationsToHeatmap(Transform):
@@ -91,9 +93,13 @@ class FixationsToHeatmap(Transform):
             raise CXRDataError(f"none of {len(fix)} fixations falls on the {orig_w}x{orig_h} (WxH) image or "
                                "its shown region", path=path, field="fixations")
         scale_y, scale_x = height / orig_h, width / orig_w
-        rows = _profiles(y[keep], sigma[keep, 1], region[keep][:, [1, 3]], height, scale_y)  # (N, H)
-        cols = _profiles(x[keep], sigma[keep, 0], region[keep][:, [0, 2]], width, scale_x)  # (N, W)
-        heat = (rows * duration[keep, None]).T @ cols
+        x, y, duration, sigma, region = x[keep], y[keep], duration[keep], sigma[keep], region[keep]
+        heat = np.zeros((height, width))
+        for i in range(0, len(x), _CHUNK):
+            part = slice(i, i + _CHUNK)
+            rows = _profiles(y[part], sigma[part, 1], region[part][:, [1, 3]], height, scale_y)  # (n, H)
+            cols = _profiles(x[part], sigma[part, 0], region[part][:, [0, 2]], width, scale_x)  # (n, W)
+            heat += (rows * duration[part, None]).T @ cols
         peak = heat.max()
         if not peak > 0:
             raise CXRDataError("expected some fixation duration > 0 on the image, found none", path=path,
