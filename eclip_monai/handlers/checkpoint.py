@@ -98,7 +98,7 @@ class VerifiedCheckpointLoader(CheckpointLoader):
     digest verified): an empty, truncated, tampered or foreign checkpoint, one missing an entry of
     ``load_dict``, or one whose entry does not fit its object (another architecture, another optimiser)
     raises ``CXRDataError`` naming the file and the entry, instead of a bare ``RuntimeError`` from deep
-    inside ``torch.load`` or ``load_state_dict``.
+    inside the unpickler or ``load_state_dict``.
 
     Args:
         optional: entries of ``load_dict`` a checkpoint may lack (state added in a later version, such as the
