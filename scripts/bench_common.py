@@ -92,11 +92,21 @@ class RetrievalConfig:
     zero_shot_batch: int = option(64, "0 skips the zero-shot throughput")
     zero_shot_rounds: int = 5
     max_prompts: int = option(0, "prompts per class (0: the whole ensemble)")
+    approximate_sizes: tuple[int, ...] = option((100_000, 300_000, 1_000_000),
+                                                "candidate counts of approximate vs exact (0: skip it)")
+    nprobes: tuple[int, ...] = option((4, 8, 16, 32), "IVF lists searched per query, one contender each")
+    ef_searches: tuple[int, ...] = option((64, 128, 256), "HNSW efSearch values, one contender each")
+    hnsw_up_to: int = option(100_000, "largest candidate count of the HNSW contenders (slow to build)")
+    latency_queries: int = option(20, "queries searched one at a time for the per-query latency")
+    approximate_only: bool = option(False, "run only the approximate-vs-exact comparison")
 
     def quick(self) -> RetrievalConfig:
-        """10k and 100k candidates, 2 rounds"""
+        """10k and 100k candidates, 2 rounds; approximate vs exact at 100k, without HNSW"""
         small = tuple(n for n in self.sizes if n <= 100_000) or (min(self.sizes),)
-        return replace(self, sizes=small, rounds=2, zero_shot_rounds=3)
+        approximate = tuple(n for n in self.approximate_sizes if n <= 100_000)
+        approximate = approximate or (min(self.approximate_sizes),)
+        return replace(self, sizes=small, rounds=2, zero_shot_rounds=3, approximate_sizes=approximate,
+                       hnsw_up_to=0)
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,9 @@ PRESETS = {  # ``bench_all.py`` mode -> area -> settings
         "data": DataConfig(studies=12, image_size=32, batch=4, repeats=1, threads=1),
         "retrieval": RetrievalConfig(sizes=(3000,), queries=200, dim=32, rounds=1, in_process=True, threads=1,
                                      contenders=("torch", "faiss"), matmul_size=128, image_size=32,
-                                     zero_shot_batch=2, zero_shot_rounds=1, max_prompts=2),
+                                     zero_shot_batch=2, zero_shot_rounds=1, max_prompts=2,
+                                     approximate_sizes=(3000,), nprobes=(1, 4), ef_searches=(16,),
+                                     hnsw_up_to=3000, latency_queries=2),
         "inference": InferenceConfig(**_SMOKE_INFERENCE, matmul_size=128, threads=1),
         "cuda_train_step": TrainStepConfig(device="cuda", **_SMOKE_STEP),
         "cuda_inference": InferenceConfig(device="cuda", **_SMOKE_INFERENCE),

@@ -21,6 +21,20 @@ similarity matrix would take:
 A ``--matmul-size``² float32 matmul timed in the same run gives the machine's matrix peak. Zero-shot
 throughput: images/s of image embedding + class scoring (``zero_shot_scores`` against prompt-ensemble class
 embeddings) with an untrained eclip-tiny network, against the image embedding alone.
+
+Approximate vs exact (``--approximate-sizes``; ``--approximate-only`` runs nothing else), one fresh process
+per size, on *clustered* vectors (uniform random ones have no near neighbours to find; see
+``clustered_unit_vectors``): the reference is the exact faiss search, whose top-k is the truth for the
+recall@k of the approximate contenders; ``ivf nprobe=P`` is ``build_ivf`` + ``ivf_search`` (the index that
+``approximate=True`` uses) at each ``--nprobes``; ``faiss-ivf nprobe=16`` searches the same index with faiss's
+own ``IndexIVFFlat.search`` at the default ``nprobe`` (the reference for ``ivf_search``, which groups the
+queries by list); ``hnsw ef=E`` is faiss ``IndexHNSWFlat`` (M = 32,
+efConstruction = 40, inner product) at each ``--ef-searches``, up to ``--hnsw-up-to`` candidates. Build and
+search are timed separately, with their peak extra memory; each contender also searches
+``--latency-queries`` queries one at a time (per-query latency, as in the MONAI Label app).
+
+    python scripts/bench_retrieval.py --approximate-only --threads 2          # 100k, 300k, 1M candidates
+    python scripts/bench_retrieval.py --approximate-only --approximate-sizes 1000000 --nprobes 8 16
 """
 
 from __future__ import annotations
@@ -30,10 +44,20 @@ import time
 from dataclasses import asdict, replace
 
 import bench_common as bc
+import faiss
 import numpy as np
 import torch
 
-from eclip_monai.metrics.retrieval import FAISS_MIN_PAIRS, chunked_topk, faiss_topk
+from eclip_monai.metrics.retrieval import (
+    APPROXIMATE_MIN_CANDIDATES,
+    DEFAULT_NPROBE,
+    FAISS_MIN_PAIRS,
+    IVF_TRAIN_POINTS_PER_LIST,
+    build_ivf,
+    chunked_topk,
+    faiss_topk,
+    ivf_search,
+)
 from eclip_monai.metrics.zero_shot import zero_shot_scores
 from eclip_monai.networks import build_eclip, build_tokenizer
 from eclip_monai.networks.zero_shot import class_embeddings
@@ -41,6 +65,11 @@ from eclip_monai.prompts import CHEXPERT_5X200_PROMPTS, expand_prompts
 
 ROWS_PER_FILL = 8192  # data is generated in slices this tall, so creating it needs no large temporaries
 TARGET_CANDIDATES, TARGET_SECONDS = 1_000_000, 60.0
+APPROXIMATE_TARGET_SECONDS, APPROXIMATE_TARGET_RECALL = 10.0, 0.95
+LATENT_RANK, LATENT_CLUSTERS, LATENT_SPREAD, NOISE = 32, 100, 1.0, 0.5  # clustered_unit_vectors
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
+APPROXIMATE_HEADER = ("candidates", "search", "build s", "search s", "recall@k", "ms / query",
+                      "build peak MiB", "search peak MiB", "search time vs exact")
 HEADER = ("candidates", "search", "median s", "GFLOP/s", "peak extra MiB", "of full matrix", "time vs faiss")
 DESCRIPTIONS = {  # what each contender is, for the report
     "faiss": "Reference: faiss exact `IndexFlatIP` search (`faiss_topk`).",
@@ -56,6 +85,32 @@ def unit_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
     for start in range(0, n, ROWS_PER_FILL):
         block = torch.randn(min(ROWS_PER_FILL, n - start), dim, generator=generator)
         out[start : start + len(block)] = torch.nn.functional.normalize(block, dim=-1)
+    return out
+
+
+def clustered_unit_vectors(n: int, dim: int, seed: int, structure_seed: int = 7) -> torch.Tensor:
+    """Unit vectors with the low intrinsic dimension of learned embeddings, drawn ``ROWS_PER_FILL`` at a time.
+
+    A latent point z = (c + g) / √r of a mixture of ``LATENT_CLUSTERS`` Gaussians in r = ``LATENT_RANK``
+    dimensions (centres c and offsets g standard normal, so the clusters overlap) is mapped into ``dim``
+    dimensions by a fixed random orthonormal basis B; isotropic noise ``NOISE`` · h / √dim is added
+    (|Bz| ≈ 1.4, |noise| ≈ 0.5) and the sum normalised. The structure (basis, centres) comes from
+    ``structure_seed``, the draws from ``seed``: queries and candidates of different seeds are two samples of
+    one distribution. A query's nearest neighbour has cosine ≈ 0.7; a single IVF list holds about a third
+    of its true top 10, so recall has room to move with ``nprobe``.
+    """
+    rank = min(LATENT_RANK, dim)
+    structure = torch.Generator().manual_seed(structure_seed)
+    basis = torch.linalg.qr(torch.randn(dim, rank, generator=structure))[0]
+    centres = torch.randn(LATENT_CLUSTERS, rank, generator=structure)
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, dim)
+    for start in range(0, n, ROWS_PER_FILL):
+        m = min(ROWS_PER_FILL, n - start)
+        cluster = torch.randint(LATENT_CLUSTERS, (m,), generator=generator)
+        latent = (centres[cluster] + LATENT_SPREAD * torch.randn(m, rank, generator=generator)) / rank**0.5
+        noise = NOISE * torch.randn(m, dim, generator=generator) / dim**0.5
+        out[start : start + m] = torch.nn.functional.normalize(latent @ basis.T + noise, dim=-1)
     return out
 
 
@@ -106,23 +161,27 @@ def _search(contender: str, queries: int, candidates: int, dim: int, k: int, thr
     return (seconds, peak, reset) + ((None, None) if idx is None else (scores.numpy(), idx.numpy()))
 
 
-def _search_and_send(conn, *args) -> None:
-    conn.send(_search(*args))
+def _call_and_send(conn, fn, *args) -> None:
+    conn.send(fn(*args))
 
 
-def run_search(contender: str, candidates: int, cfg: bc.RetrievalConfig) -> tuple:
-    """``_search`` in a fresh process, or with ``cfg.in_process`` in this one (peak memory then includes
+def _call(fn, cfg: bc.RetrievalConfig, *args):
+    """``fn(*args)`` in a fresh process, or with ``cfg.in_process`` in this one (peak memory then includes
     what earlier searches left in the heap)."""
-    args = (contender, cfg.queries, candidates, cfg.dim, cfg.k, cfg.threads)
     if cfg.in_process:
-        return _search(*args)
+        return fn(*args)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_search_and_send, args=(child, *args))
+    process = ctx.Process(target=_call_and_send, args=(child, fn, *args))
     process.start()
     result = parent.recv()
     process.join()
     return result
+
+
+def run_search(contender: str, candidates: int, cfg: bc.RetrievalConfig) -> tuple:
+    """``_search`` of one contender (see ``_call``)."""
+    return _call(_search, cfg, contender, cfg.queries, candidates, cfg.dim, cfg.k, cfg.threads)
 
 
 def bench_retrieval(cfg: bc.RetrievalConfig) -> dict:
@@ -170,6 +229,79 @@ def bench_retrieval(cfg: bc.RetrievalConfig) -> dict:
     return sizes
 
 
+def _measured(fn):
+    """``(seconds, peak extra bytes, result)`` of one call, the peak-RSS counter reset first."""
+    _reset_peak()
+    before, start = _status_kib("VmRSS"), time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, (_status_kib("VmHWM") - before) * 1024, result
+
+
+def _approximate(candidates: int, cfg: bc.RetrievalConfig) -> dict:
+    """Exact vs IVF (and HNSW up to ``cfg.hnsw_up_to``) over the same clustered vectors: builds, searches in
+    interleaved rounds, recall@k against the exact top-k, per-query latency."""
+    torch.set_num_threads(cfg.threads)
+    faiss.omp_set_num_threads(cfg.threads)
+    q = clustered_unit_vectors(cfg.queries, cfg.dim, seed=0)
+    c = clustered_unit_vectors(candidates, cfg.dim, seed=1)
+    faiss_topk(q[:8], c[:64], cfg.k)  # load the BLAS code pages first
+    builds, searches, kinds = {}, {"exact": lambda x: faiss_topk(x, c, cfg.k)}, {"exact": "exact"}
+    seconds, peak, ivf = _measured(lambda: build_ivf(c))
+    builds["ivf"] = {"seconds": seconds, "peak_extra_bytes": peak, "nlist": ivf.nlist,
+                     "train_rows": min(candidates, ivf.nlist * IVF_TRAIN_POINTS_PER_LIST),
+                     "index_bytes": ivf.ntotal * (cfg.dim * 4 + 8) + ivf.nlist * cfg.dim * 4}
+    for nprobe in cfg.nprobes:
+        searches[f"ivf nprobe={nprobe}"] = lambda x, p=nprobe: ivf_search(ivf, x, cfg.k, p)
+    ivf_params = faiss.SearchParametersIVF(nprobe=DEFAULT_NPROBE)
+    searches[f"faiss-ivf nprobe={DEFAULT_NPROBE}"] = lambda x: ivf.search(x.numpy(), cfg.k, params=ivf_params)
+    kinds.update({name: "ivf" for name in searches if name != "exact"})
+    if candidates <= cfg.hnsw_up_to:
+        def build_hnsw():
+            index = faiss.IndexHNSWFlat(cfg.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index.add(c.numpy())
+            return index
+
+        seconds, peak, hnsw = _measured(build_hnsw)
+        builds["hnsw"] = {"seconds": seconds, "peak_extra_bytes": peak, "M": HNSW_M,
+                          "ef_construction": HNSW_EF_CONSTRUCTION,
+                          "index_bytes": hnsw.ntotal * cfg.dim * 4 + hnsw.hnsw.neighbors.size() * 4}
+        for ef in cfg.ef_searches:
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+            searches[f"hnsw ef={ef}"] = lambda x, p=params: hnsw.search(x.numpy(), cfg.k, params=p)
+            kinds[f"hnsw ef={ef}"] = "hnsw"
+    rounds = cfg.rounds if candidates < cfg.large else cfg.rounds_large
+    times, peaks, outputs = {n: [] for n in searches}, {n: 0 for n in searches}, {}
+    for r, name in bc.rotations(list(searches), rounds):
+        seconds, peak, outputs[name] = _measured(lambda: searches[name](q))
+        times[name].append(seconds)
+        peaks[name] = max(peaks[name], peak)
+        bc.log(f"  round {r + 1}: {name:>16} {seconds:8.2f} s, peak extra memory {peak / 2**20:8.1f} MiB")
+    truth = np.asarray(outputs["exact"][1])
+    contenders = {}
+    for name, search in searches.items():
+        idx = np.asarray(outputs[name][1])
+        latency = [bc.seconds(lambda i=i: search(q[i : i + 1])) for i in range(cfg.latency_queries)]
+        contenders[name] = {
+            "kind": kinds[name], "median_s": bc.median(times[name]), "rounds_s": times[name],
+            "peak_extra_bytes": peaks[name], "queries_per_s": cfg.queries / bc.median(times[name]),
+            f"recall_at_{cfg.k}": float((idx[:, :, None] == truth[:, None, :]).any(2).mean()),
+            "latency_ms": 1000 * bc.median(latency) if latency else None,
+        }
+    return {"candidates": candidates, "queries": cfg.queries, "builds": builds, "contenders": contenders,
+            "auto": "ivf" if candidates >= APPROXIMATE_MIN_CANDIDATES else "exact",
+            "auto_from": APPROXIMATE_MIN_CANDIDATES}
+
+
+def bench_approximate(cfg: bc.RetrievalConfig) -> dict:
+    sizes = {}
+    for n in (n for n in cfg.approximate_sizes if n > 0):
+        bc.log(f"approximate vs exact: {cfg.queries:,} queries x {n:,} clustered candidates, dim {cfg.dim}, "
+               f"k {cfg.k}, {cfg.threads} thread(s)")
+        sizes[str(n)] = _call(_approximate, cfg, n, cfg)
+    return sizes
+
+
 @torch.no_grad()
 def bench_zero_shot(cfg: bc.RetrievalConfig) -> dict:
     """Images/s of image embedding + zero-shot class scoring, against the image embedding alone."""
@@ -196,10 +328,17 @@ def bench_zero_shot(cfg: bc.RetrievalConfig) -> dict:
 def run(cfg: bc.RetrievalConfig) -> dict:
     cfg = replace(cfg, threads=cfg.threads or torch.get_num_threads())
     torch.set_num_threads(cfg.threads)
+    if cfg.approximate_only:
+        result = {"config": asdict(cfg), "machine": bc.machine_info(), "retrieval": {},
+                  "approximate": bench_approximate(cfg)}
+        result["machine"]["load_average_1min_end"] = bc.machine_info().get("load_average_1min")
+        result["targets"] = _approximate_targets(result["approximate"], cfg)
+        return result
     matmul = bc.matmul_peak(cfg.matmul_size, torch.float32, "cpu")
     result = {"config": asdict(cfg), "reference_matmul": matmul, "retrieval": bench_retrieval(cfg)}
     if cfg.zero_shot_batch:
         result["zero_shot"] = bench_zero_shot(cfg)
+    result["approximate"] = bench_approximate(cfg)
     big = result["retrieval"].get(str(TARGET_CANDIDATES))
     if big is not None and cfg.queries == 5000:
         c = big["contenders"]
@@ -215,7 +354,23 @@ def run(cfg: bc.RetrievalConfig) -> dict:
                 max(c[n]["peak_fraction_of_full_matrix"] for n in exact), 0.05, "<=",
                 "peak extra memory / full similarity matrix (both backends)"),
         }
+    result.setdefault("targets", {}).update(_approximate_targets(result["approximate"], cfg))
     return result
+
+
+def _approximate_targets(sizes: dict, cfg: bc.RetrievalConfig) -> dict:
+    """The approximate search at the default ``nprobe`` over 1M candidates: time and recall."""
+    ivf = sizes.get(str(TARGET_CANDIDATES), {}).get("contenders", {}).get(f"ivf nprobe={DEFAULT_NPROBE}")
+    if ivf is None or cfg.queries != 5000:
+        return {}
+    return {
+        "retrieval_1m_approximate_seconds": bc.target(
+            ivf["median_s"], APPROXIMATE_TARGET_SECONDS, "<=",
+            f"5,000 queries x 1M candidates, IVF search seconds (nprobe {DEFAULT_NPROBE})"),
+        "retrieval_1m_approximate_recall": bc.target(
+            ivf[f"recall_at_{cfg.k}"], APPROXIMATE_TARGET_RECALL, ">=",
+            f"recall@{cfg.k} of that search against exact"),
+    }
 
 
 def _limits(c: dict, big: dict, matmul: dict | None) -> str:
@@ -245,7 +400,50 @@ def _limits(c: dict, big: dict, matmul: dict | None) -> str:
     )
 
 
+def approximate_report(result: dict, level: int = 3) -> bc.Section:
+    """The approximate-vs-exact table: one row per search and candidate count."""
+    c, sizes = result["config"], result.get("approximate") or {}
+    if not sizes:
+        return bc.Section()
+    rows, notes, recall = [], [], f"recall_at_{c['k']}"
+    for n, e in sizes.items():
+        exact_s = e["contenders"]["exact"]["median_s"]
+        for name, s in e["contenders"].items():
+            build = e["builds"].get(s["kind"], {})
+            rows.append([
+                f"{int(n):,}", name, f"{build['seconds']:.1f}" if build else "-", f"{s['median_s']:.2f}",
+                f"{s[recall]:.4f}", f"{s['latency_ms']:.1f}" if s["latency_ms"] is not None else "-",
+                f"{build['peak_extra_bytes'] / 2**20:.0f}" if build else "-",
+                f"{s['peak_extra_bytes'] / 2**20:.0f}", f"{s['median_s'] / exact_s:.3f}x",
+            ])
+        ivf = e["builds"]["ivf"]
+        parts = [f"IVF: {ivf['nlist']:,} lists trained on {ivf['train_rows']:,} rows, index "
+                 f"{ivf['index_bytes'] / 2**20:,.0f} MiB (the candidates' copy, ids and centroids)"]
+        if "hnsw" in e["builds"]:
+            h = e["builds"]["hnsw"]
+            parts.append(f"HNSW: M {h['M']}, efConstruction {h['ef_construction']}, index "
+                         f"{h['index_bytes'] / 2**20:,.0f} MiB")
+        parts.append(f'`approximate="auto"` (IVF from {e["auto_from"]:,} candidates) uses {e["auto"]} here')
+        notes.append(f"- {int(n):,} candidates: " + "; ".join(parts) + ".")
+    hnsw = any("hnsw" in e["builds"] for e in sizes.values())
+    intro = (
+        f"{c['queries']:,} queries, {c['dim']}-d unit vectors with low intrinsic dimension "
+        f"(`clustered_unit_vectors`: a {LATENT_RANK}-d mixture of {LATENT_CLUSTERS} overlapping Gaussians "
+        f"mapped by a random orthonormal basis, plus isotropic noise of norm {NOISE}, normalised; queries "
+        f"and candidates are two seeded samples), k = {c['k']}, {c['threads']} threads, each candidate count "
+        "in a fresh process. Reference: the exact faiss search, whose top-k is the truth of recall@k. "
+        "`ivf nprobe=P`: `build_ivf` + `ivf_search` (`approximate=True`), P of the index's lists searched "
+        "per query; `faiss-ivf`: the same index searched by faiss's own `IndexIVFFlat.search` (one scan of "
+        "the lists per query; `ivf_search` groups the queries by list)"
+        + ("; `hnsw ef=E`: faiss `IndexHNSWFlat` at efSearch E" if hnsw else "") + ". "
+        "Build and search are timed apart; ms / query is the median of queries searched one at a time."
+    )
+    return bc.Section("Approximate retrieval (faiss IVF)", intro, APPROXIMATE_HEADER, rows, notes, level)
+
+
 def report(result: dict, title: str = "Retrieval and zero-shot", level: int = 2) -> list[bc.Section]:
+    if not result["retrieval"]:  # --approximate-only
+        return [approximate_report(result, level)]
     c, retrieval = result["config"], result["retrieval"]
     rows, names = [], set()
     for n, e in retrieval.items():
@@ -286,7 +484,7 @@ def report(result: dict, title: str = "Retrieval and zero-shot", level: int = 2)
             f"the image embedding alone (the class scoring is a {z['classes']}-column product: "
             f"{100 * z['scoring_overhead']:+.1f} %, within the noise)."
         )
-    return [bc.Section(title, intro, HEADER, rows, notes, level)]
+    return [bc.Section(title, intro, HEADER, rows, notes, level), approximate_report(result, level + 1)]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,12 +1,17 @@
+import numpy as np
 import pytest
 import torch
 
 from eclip_monai.metrics import retrieval
 from eclip_monai.metrics.retrieval import (
+    DEFAULT_NPROBE,
     CrossModalRecall,
+    build_ivf,
     chunked_topk,
     cross_modal_recall,
     faiss_topk,
+    ivf_lists,
+    ivf_search,
     recall_at_k,
     report_group_id,
     topk_search,
@@ -119,3 +124,93 @@ def test_torch_search_over_100k_candidates_never_forms_the_full_similarity_matri
     assert max(largest) <= 512 * 8192 < q.shape[0] * c.shape[0] / 10
     ref_vals, ref_idx = faiss_topk(q, c, k=5)
     assert torch.equal(idx, ref_idx)
+
+
+def clustered_unit_vectors(n: int, dim: int = 64, seed: int = 0) -> torch.Tensor:
+    """Unit vectors of low intrinsic dimension (an 8-d mixture of 20 overlapping Gaussians, embedded by a
+    fixed orthonormal basis, plus noise), so near neighbours exist and an approximate search can miss them;
+    ``seed`` draws the points, the structure is shared."""
+    structure = torch.Generator().manual_seed(1234)
+    basis = torch.linalg.qr(torch.randn(dim, 8, generator=structure))[0]
+    centres = torch.randn(20, 8, generator=structure)
+    g = torch.Generator().manual_seed(seed)
+    latent = centres[torch.randint(20, (n,), generator=g)] + torch.randn(n, 8, generator=g)
+    return _normed(latent @ basis.T / 8**0.5 + 0.3 * torch.randn(n, dim, generator=g) / dim**0.5)
+
+
+@pytest.fixture(scope="module")
+def ann_set():
+    """20k clustered candidates, 500 queries, the exact top 10 and an IVF index over the candidates."""
+    candidates, queries = clustered_unit_vectors(20_000, seed=1), clustered_unit_vectors(500, seed=2)
+    _, exact = faiss_topk(queries, candidates, 10)
+    return candidates, queries, exact, build_ivf(candidates, seed=0)
+
+
+def _recall(found: torch.Tensor, exact: torch.Tensor) -> float:
+    return (found[:, :, None] == exact[:, None, :]).any(2).double().mean().item()
+
+
+def test_approximate_search_finds_95_percent_of_the_exact_top_10_at_the_default_nprobe(ann_set):
+    candidates, queries, exact, _ = ann_set
+    _, found = topk_search(queries, candidates, 10, approximate=True)
+    assert _recall(found, exact) >= 0.95
+
+
+def test_fewer_lists_searched_never_find_more_neighbours(ann_set):
+    _, queries, exact, index = ann_set
+    recalls = [_recall(ivf_search(index, queries, 10, nprobe)[1], exact)
+               for nprobe in (1, 2, 4, 8, DEFAULT_NPROBE, index.nlist)]
+    assert recalls == sorted(recalls)
+    assert recalls[0] < 0.9 and recalls[-1] == 1.0  # one list misses neighbours; every list is exact
+
+
+def test_grouped_search_returns_what_faiss_returns_for_one_query_or_many(ann_set):
+    _, queries, _, index = ann_set
+    for nprobe in (1, 3, DEFAULT_NPROBE):
+        index.nprobe = nprobe
+        ref_scores, ref_ids = index.search(queries.numpy(), 10)
+        scores, ids = ivf_search(index, queries, 10, nprobe)  # 500 queries: grouped by list
+        one = [ivf_search(index, queries[i : i + 1], 10, nprobe) for i in range(5)]  # faiss's own scan
+        assert torch.equal(ids, torch.from_numpy(ref_ids))
+        assert torch.equal(torch.cat([o[1] for o in one]), ids[:5])
+        torch.testing.assert_close(scores, torch.from_numpy(ref_scores), atol=1e-5, rtol=0)
+
+
+def test_ivf_training_is_seeded(ann_set):
+    candidates, queries, _, index = ann_set
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    again = build_ivf(candidates, seed=0)
+    assert np.array_equal(again.quantizer.reconstruct_n(0, again.nlist), centroids)
+    assert torch.equal(ivf_search(again, queries, 10)[1], ivf_search(index, queries, 10)[1])
+    other = build_ivf(candidates, seed=1)
+    assert not np.array_equal(other.quantizer.reconstruct_n(0, other.nlist), centroids)
+
+
+def test_auto_searches_exactly_below_the_threshold_and_approximately_from_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(retrieval, "ivf_topk", lambda q, c, k, nprobe: calls.append(("ivf", len(c), nprobe)))
+    monkeypatch.setattr(retrieval, "faiss_topk", lambda q, c, k: calls.append(("exact", len(c))))
+    queries = torch.zeros(10, 2)
+    threshold = retrieval.APPROXIMATE_MIN_CANDIDATES
+    below, at = torch.zeros(threshold - 1, 2), torch.zeros(threshold, 2)
+    topk_search(queries, below, 1, approximate="auto")
+    topk_search(queries, at, 1, approximate="auto", nprobe=3)
+    topk_search(queries, at, 1)  # exact unless asked: metrics never depend on an index's parameters
+    assert calls == [("exact", len(below)), ("ivf", len(at), 3), ("exact", len(at))]
+    assert ivf_lists(1_000_000) == 1024 and ivf_lists(20_000) == 128 and ivf_lists(100) == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(nprobe=0), "nprobe"), (dict(nprobe=2.5), "nprobe"), (dict(nprobe=True), "nprobe"),
+    (dict(approximate="sometimes"), "approximate"), (dict(approximate=1), "approximate"),
+])
+def test_bad_approximate_search_parameters_are_refused(bad, match):
+    q = _normed(torch.randn(4, 8))
+    with pytest.raises(ValueError, match=match):
+        topk_search(q, q, 2, **{"approximate": True, **bad})
+
+
+@pytest.mark.parametrize("nlist", [0, 101, 3.0])
+def test_a_list_count_outside_one_to_the_candidate_count_is_refused(nlist):
+    with pytest.raises(ValueError, match="nlist .* from 1 to the 100 vectors"):
+        build_ivf(_normed(torch.randn(100, 8)), nlist=nlist)

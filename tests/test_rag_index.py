@@ -131,3 +131,80 @@ def test_retriever_diverse_mode_clusters_the_top_candidates():
     assert len({labels[int(s.id)] for s in diverse.snippets}) == 5
     scores = [s.score for s in diverse.snippets]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_small_corpora_are_searched_exactly_by_default():
+    index = ReportIndex.build(CountingTextNet(), bag_of_words, REPORTS)
+    assert index.search_settings == {"kind": "exact"} and index.manifest["search"] == {"kind": "exact"}
+
+
+def approximate_index(rows: np.ndarray, **search) -> ReportIndex:
+    ids = [str(i) for i in range(len(rows))]
+    return ReportIndex(rows, [f"report {i}" for i in ids], ids, {"corpus_sha256": "c"},
+                       **{"approximate": True, "nlist": 8, "nprobe": 2, **search})
+
+
+def test_approximate_index_round_trips_through_save_and_load(tmp_path):
+    rows, _ = clustered_embeddings(clusters=8, per_cluster=100, dim=16, seed=1)
+    queries, _ = clustered_embeddings(clusters=8, per_cluster=5, dim=16, seed=2)
+    index = approximate_index(rows)
+    index.save(tmp_path)
+    loaded = ReportIndex.load(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert manifest["search"] == {"kind": "ivf", "nlist": 8, "nprobe": 2, "seed": 0} == loaded.search_settings
+    np.testing.assert_array_equal(loaded.embeddings, rows)
+    for got, want in zip(loaded.search(queries, 10), index.search(queries, 10)):
+        np.testing.assert_array_equal(got, want)
+    # every list searched = exact search
+    exact = ReportIndex(rows, index.reports, index.ids, approximate=False).search(queries, 10)[1]
+    np.testing.assert_array_equal(ReportIndex.load(tmp_path, nprobe=8).search(queries, 10)[1], exact)
+    np.testing.assert_array_equal(loaded.search(queries, 10, nprobe=8)[1], exact)
+
+
+def test_other_search_settings_reindex_the_saved_embeddings_without_encoding_again(tmp_path):
+    net, corpus = CountingTextNet(), REPORTS * 10  # 60 reports
+    first = ReportIndex.load_or_build(tmp_path, net, bag_of_words, corpus, approximate=False)
+    assert net.encoded == len(corpus) and first.search_settings == {"kind": "exact"}
+    ivf = ReportIndex.load_or_build(tmp_path, net, bag_of_words, corpus, approximate=True, nlist=2)
+    assert net.encoded == len(corpus)  # re-indexed, not re-encoded
+    assert ivf.search_settings == {"kind": "ivf", "nlist": 2, "nprobe": 16, "seed": 0}
+    np.testing.assert_array_equal(ivf.embeddings, first.embeddings)
+    written = (tmp_path / "reports.faiss").stat().st_mtime_ns
+    fewer = ReportIndex.load_or_build(tmp_path, net, bag_of_words, corpus, approximate=True, nlist=2,
+                                      nprobe=1)
+    assert (tmp_path / "reports.faiss").stat().st_mtime_ns == written  # a search setting: manifest only
+    saved = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert saved["search"]["nprobe"] == 1 == fewer.search_settings["nprobe"]
+    assert ReportIndex.load(tmp_path).search_settings["nprobe"] == 1 and net.encoded == len(corpus)
+
+
+def test_an_index_file_that_is_not_the_one_its_manifest_describes_is_refused_or_rebuilt(tmp_path):
+    net = CountingTextNet()
+    ReportIndex.load_or_build(tmp_path / "a", net, bag_of_words, REPORTS, approximate=True, nlist=2)
+    manifest_path = tmp_path / "a" / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "search": {**manifest["search"], "nlist": 3}}))
+    with pytest.raises(CXRDataError, match=r"reports\.faiss: search: expected the index .*nlist 2"):
+        ReportIndex.load(tmp_path / "a")
+    manifest_path.write_text(json.dumps(manifest))
+
+    other = CountingTextNet()
+    with torch.no_grad():
+        other.bias.fill_(0.7)  # other vectors, same size and kind
+    ReportIndex.load_or_build(tmp_path / "b", other, bag_of_words, REPORTS, approximate=True, nlist=2)
+    (tmp_path / "a" / "reports.faiss").write_bytes((tmp_path / "b" / "reports.faiss").read_bytes())
+    with pytest.raises(CXRDataError, match=r"reports\.faiss: embeddings_sha256: .*stale"):
+        ReportIndex.load(tmp_path / "a")
+    rebuilt = ReportIndex.load_or_build(tmp_path / "a", net, bag_of_words, REPORTS, approximate=True, nlist=2)
+    assert net.encoded == 2 * len(REPORTS)  # the stale file was not trusted: the corpus was encoded again
+    reloaded = ReportIndex.load(tmp_path / "a")
+    assert reloaded.manifest["embeddings_sha256"] == rebuilt.manifest["embeddings_sha256"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(nprobe=0), "nprobe"), (dict(approximate="sometimes"), "approximate"), (dict(nlist=1000), "nlist"),
+])
+def test_bad_search_parameters_are_refused(bad, match):
+    rows, _ = clustered_embeddings()
+    with pytest.raises(ValueError, match=match):
+        approximate_index(rows, **bad)
