@@ -127,7 +127,8 @@ def run(config: Mapping, out_dir: str | os.PathLike, checkpoint: str | None = No
         raise CXRDataError(f"expected reports to index in splits {config['index_splits']}, found none",
                            path=config["mimic_root"])
     index = ReportIndex.load_or_build(config.get("index_dir") or out_dir / "index", network, tokenizer,
-                                      corpus, checkpoint, ids, batch_size, device)
+                                      corpus, checkpoint, ids, batch_size, device,
+                                      **config.get("index_search", {}))
     llm = dict(config.get("llm", {"backend": "retrieval"}))
     backend = build_backend(llm, corpus=index.reports)  # before the image pass: a bad LLM setup fails fast
     builder = build_prompt_builder(config.get("prompt", {}), backend, index.reports, seed)
