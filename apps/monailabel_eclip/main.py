@@ -88,20 +88,23 @@ class ECLIPApp(MONAILabelApp):
         if isinstance(store, RadiographDICOMwebDatastore):
             if not (isinstance(image, str) and (store.has_image(image) or is_upload(image))):
                 raise HTTPException(404, f"image {image!r}: not a radiograph series in the PACS {self.studies}")
-        elif not isinstance(image, str) or not (store.get_image_uri(image) or is_upload(image)):
-            raise HTTPException(404, f"image {image!r}: not in the datastore {self.studies}")
-        elif store.get_image_uri(image):
-            request = {**request, "image": store.get_image_uri(image)}  # the id, never a same-named path
+        else:
+            uri = store.get_image_uri(image) if isinstance(image, str) else ""
+            if not (uri or (isinstance(image, str) and is_upload(image))):
+                raise HTTPException(404, f"image {image!r}: not in the datastore {self.studies}")
+            if uri:
+                request = {**request, "image": uri}  # the datastore's file, never a same-named path
         if write_back and (request.get("model") != "eclip_findings"
                            or not isinstance(store, RadiographDICOMwebDatastore) or is_upload(image)):
             raise HTTPException(422, "write_back: results go back as DICOM only from eclip_findings on a "
                                      "DICOMweb (PACS) datastore")
         try:
-            gaze = gaze_request(request, store.get_image_uri(image)) if write_back else None
+            source = store.get_image_uri(image) if write_back else None  # the PACS series' local DICOM file
+            gaze = gaze_request(request, source) if write_back else None
             result = super().infer(request, datastore)
             if write_back:
                 probabilities = {p["label"]: p["score"] for p in result["params"]["prediction"]}
-                objects = dicom_results(store.get_image_uri(image), probabilities, gaze)
+                objects = dicom_results(source, probabilities, gaze)
                 store.store(objects)
                 result["params"]["stored"] = [{"modality": o.Modality, "series": o.SeriesInstanceUID,
                                                "instance": o.SOPInstanceUID} for o in objects]

@@ -71,8 +71,9 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
         files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".dcm"))
         if not files:
             raise FileNotFoundError(f"series {image_id}: the PACS returned no instances")
-        if len(files) > 1:
-            logger.warning(f"series {image_id}: {len(files)} instances; scoring the first by InstanceNumber")
+        if len(files) == 1:
+            return files[0]
+        logger.warning(f"series {image_id}: {len(files)} instances; scoring the first by InstanceNumber")
         return min(files, key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).get("InstanceNumber") or 0))
 
     def store(self, datasets: Sequence[Dataset]) -> None:
