@@ -41,6 +41,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from eclip_monai.errors import CXRDataError
+from eclip_monai.integrity import file_sha256, write_checksums
 from eclip_monai.networks.checkpoint import read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,9 @@ PACKAGE = ROOT / "eclip_monai"
 ARCHITECTURE_KEYS = ("model_name", "hf_model_name", "image_size", "experts", "hp_patch_size")
 TOWER_KEYS = ARCHITECTURE_KEYS[:3]  # what inference.json's zero-shot classifier is built from
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "models", "eval", "input")
+# The archived configs check checksums.sha256 before importing the vendored code (eclip_monai/integrity.py).
+VERIFIED_ON_PATH = ("$runpy.run_path(os.path.join(@bundle_root, 'eclip_monai', 'integrity.py'))"
+                    "['verified_on_path'](@bundle_root)")
 
 
 def bundle_name(metadata: Mapping) -> str:
@@ -62,6 +66,11 @@ def training_recipe(overlays: list[Path]) -> dict:
     and the archive's own weights supersede it for fine-tuning."""
     recipe = ConfigParser.load_config_files([str(BUNDLE / "configs" / "train.json"), *map(str, overlays)])
     return {**recipe, "pretrained": None}
+
+
+def verifying(config: dict) -> dict:
+    """``config`` with its ``bundle_on_path`` verifying the bundle's checksums first."""
+    return {**config, "imports": [*config["imports"], "$import runpy"], "bundle_on_path": VERIFIED_ON_PATH}
 
 
 def inference_overrides(recipe: Mapping, settings: list[str], config: Mapping) -> dict:
@@ -181,13 +190,14 @@ def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings
         shutil.copytree(BUNDLE, stage, ignore=SKIP)
         shutil.copytree(PACKAGE, stage / "eclip_monai", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         recipe = training_recipe(list(overlays))
-        (stage / "configs" / "train.json").write_text(json.dumps(recipe, indent=4) + "\n")
+        (stage / "configs" / "train.json").write_text(json.dumps(verifying(recipe), indent=4) + "\n")
         config_path = stage / "configs" / "inference.json"
         config = json.loads(config_path.read_text())
         config.update(inference_overrides(recipe, list(settings), config))
-        config_path.write_text(json.dumps(config, indent=4) + "\n")
+        config_path.write_text(json.dumps(verifying(config), indent=4) + "\n")
         (stage / "models").mkdir()
         torch.save(state, stage / "models" / "model.pt")
+        write_checksums(stage)  # the checks below run the staged configs, which verify
         check_network(stage, state, checkpoint, "train.json")
         findings, size, dim = check_network(stage, state, checkpoint)
         metadata = update_metadata(metadata, findings, size, dim)
@@ -198,9 +208,12 @@ def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings
         for kind in exports:
             export(kind, stage, size)
         write_large_files(stage, weights_url)
+        write_checksums(stage)
         out_dir.mkdir(parents=True, exist_ok=True)
-        archive = shutil.make_archive(str(out_dir / f"{name}_v{version}"), "zip", root_dir=tmp, base_dir=name)
-    return Path(archive)
+        archive = Path(shutil.make_archive(str(out_dir / f"{name}_v{version}"), "zip", root_dir=tmp, base_dir=name))
+    # the anchor for checksums.sha256: published beside the archive, checked with sha256sum -c before unpacking
+    archive.with_name(archive.name + ".sha256").write_text(f"{file_sha256(archive)}  {archive.name}\n")
+    return archive
 
 
 def main(argv: list[str] | None = None) -> None:

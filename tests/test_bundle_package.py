@@ -120,6 +120,81 @@ def test_eval_metrics_are_the_packaged_study_run_marked_as_phantom_world(package
         load_script().study_metrics(ROOT / "docs" / "results.json", "eclip/9")
 
 
+def unpacked(archive: Path, folder: Path) -> Path:
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    return folder / NAME
+
+
+def network_of(bundle: Path, config: str = "inference.json"):
+    """What ``monai.bundle.load`` / ``run`` do first: parse the archived config and build ``network_def``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser["bundle_root"] = str(bundle)
+    return parser.get_parsed_content("network_def")
+
+
+def test_checksums_list_every_shipped_file_and_sha256sum_accepts_them(packaged, tmp_path):
+    from eclip_monai.integrity import CHECKSUMS_FILE, shipped_files
+
+    archive, _ = packaged
+    bundle = unpacked(archive, tmp_path)
+    listed = [line.split("  ", 1)[1] for line in (bundle / CHECKSUMS_FILE).read_text().splitlines()]
+    assert listed == shipped_files(bundle) and "models/model.pt" in listed and "configs/train.json" in listed
+    assert "eclip_monai/integrity.py" in listed and len(listed) > 100
+    for folder, manifest in ((bundle, CHECKSUMS_FILE), (archive.parent, archive.name + ".sha256")):
+        done = subprocess.run(["sha256sum", "--check", "--strict", manifest], cwd=folder, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "FAILED" not in done.stdout, done.stdout + done.stderr
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+TAMPERING = {
+    "weights": (lambda b: _flip_a_byte(b / "models" / "model.pt"), "models/model.pt: sha256 differs"),
+    "vendored module": (lambda b: (b / "eclip_monai" / "errors.py").open("a").write("\nimport os\n"),
+                        "eclip_monai/errors.py: sha256 differs"),
+    "added module": (lambda b: (b / "eclip_monai" / "networks" / "evil.py").write_text("import os\n"),
+                     "eclip_monai/networks/evil.py: not in checksums.sha256"),
+    "config": (lambda b: (b / "configs" / "inference.json").open("a").write(" "),
+               "configs/inference.json: sha256 differs"),
+    "missing file": (lambda b: (b / "configs" / "logging.conf").unlink(), "configs/logging.conf: listed in"),
+    "no manifest": (lambda b: (b / "checksums.sha256").unlink(), "checksums.sha256: missing"),
+}
+
+
+@pytest.mark.parametrize("change", list(TAMPERING))
+def test_a_changed_bundle_is_refused_before_its_code_is_imported_naming_the_file(packaged, tmp_path, change):
+    archive, _ = packaged
+    bundle = unpacked(archive, tmp_path)
+    tamper, message = TAMPERING[change]
+    tamper(bundle)
+    with pytest.raises(RuntimeError, match="Failed to evaluate ConfigExpression") as failure:
+        network_of(bundle)
+    cause = failure.value.__cause__  # MONAI chains the expression's own error, which a user's traceback shows
+    assert type(cause).__name__ == "BundleIntegrityError" and str(cause).startswith(f"{bundle}/{message}"), cause
+    assert str(bundle) not in sys.path
+
+
+def test_an_intact_bundle_loads_and_run_outputs_beside_the_configs_are_allowed(packaged, tmp_path):
+    archive, checkpoint = packaged
+    bundle = unpacked(archive, tmp_path)
+    (bundle / "eval").mkdir()
+    (bundle / "eval" / "predictions.json").write_text("{}")  # what inference writes into the bundle
+    (bundle / "configs" / "my_overlay.json").write_text("{}")  # a user's overlay
+    try:
+        assert network_of(bundle).__class__.__name__ == "ZeroShotClassifier"
+        assert network_of(bundle, "train.json").__class__.__name__ == "ECLIP"
+    finally:
+        sys.path.remove(str(bundle))
+
+
 def test_weights_of_another_architecture_are_refused_with_the_checkpoint_named(packaged, tmp_path):
     from eclip_monai.errors import CXRDataError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "eclip_monai"
 # Lower layers never import higher ones. The applications (top) may import each other.
 LAYERS = (
-    {"__init__", "errors", "files", "seeding"},
+    {"__init__", "errors", "files", "integrity", "seeding"},
     {"data"},
     {"prompts"},
     {"transforms"},
