@@ -133,11 +133,17 @@ def test_a_corrupt_file_is_skipped_with_a_warning_naming_it(bundle_run):
     assert not list(output_dir.glob(".*"))  # no temporary files left behind
 
 
-def test_a_missing_input_dir_fails_naming_it(tmp_path):
+def test_a_missing_input_dir_fails_naming_it_before_writing_anything(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
     missing = tmp_path / "no_such_dir"
-    done = run_inference(missing, tmp_path / "out", tmp_path / "model.pt", cwd=tmp_path)
-    assert done.returncode != 0
-    assert f"{missing}: input_dir: expected a directory of chest X-ray files" in done.stderr
+    workflow = ConfigWorkflow(str(INFERENCE), workflow_type="inference", logging_file=False,
+                              bundle_root=str(BUNDLE), input_dir=str(missing), output_dir=str(tmp_path / "out"),
+                              ckpt_path=str(tiny_checkpoint(tmp_path / "model.pt")), **TINY)
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        workflow.run()
+    assert f"{missing}: input_dir: expected a directory of chest X-ray files" in str(failure.value.__cause__)
     assert not (tmp_path / "out").exists()
 
 

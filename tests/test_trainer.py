@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -371,15 +369,6 @@ def _launch(*args: object) -> subprocess.Popen:
     return subprocess.Popen(command, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
-def _train(checkpoints: str, weights: str, resume_from: str, pause: str) -> None:
-    """Train with a checkpoint every 2 iterations, pausing ``pause`` seconds per iteration."""
-    resume = Path(resume_from) if resume_from else None
-    setup = build(save_to=Path(checkpoints), save_every_iterations=2, resume_from=resume)
-    setup.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: time.sleep(float(pause)))
-    setup.trainer.run()
-    torch.save(setup.network.state_dict(), weights)
-
-
 def _train_ddp(rank: str, init_file: str, result: str) -> None:
     """Rank ``rank`` of 2 gloo processes; the corrupt items land on one rank's batches only."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=int(rank), world_size=2)
@@ -388,30 +377,6 @@ def _train_ddp(rank: str, init_file: str, result: str) -> None:
     state = {"weights": setup.network.state_dict(), "bad_samples": setup.trainer.state.bad_samples}
     torch.save(state | {"n_main": [o["n_main"] for o in setup.outputs]}, result)
     dist.destroy_process_group()
-
-
-def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
-    checkpoints = tmp_path / "ckpt"
-    victim = _launch("train", checkpoints, tmp_path / "never.pt", "", 0.3)
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("checkpoint_*.pt")):
-        assert victim.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    latest = max(checkpoints.glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("=")[1]))
-    assert int(latest.stem.split("=")[1]) < 16 and not (tmp_path / "never.pt").exists()
-
-    assert _launch("train", checkpoints, tmp_path / "resumed.pt", latest, 0).wait() == 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses' thread count: float reductions depend on it
-    try:
-        full = build()
-        full.trainer.run()
-    finally:
-        torch.set_num_threads(threads)
-    resumed = torch.load(tmp_path / "resumed.pt")
-    assert all(torch.equal(v, resumed[k]) for k, v in full.network.state_dict().items())
 
 
 def test_ddp_ranks_with_different_bad_samples_train_in_step(tmp_path):
@@ -425,4 +390,4 @@ def test_ddp_ranks_with_different_bad_samples_train_in_step(tmp_path):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"train": _train, "ddp": _train_ddp}[sys.argv[1]](*sys.argv[2:])
+    {"ddp": _train_ddp}[sys.argv[1]](*sys.argv[2:])
