@@ -3,6 +3,7 @@
     python scripts/bench_data.py                        # 150 phantom studies under data/bench_phantom
     python scripts/bench_data.py --quick                # 40 studies, fewer repeats
     python scripts/bench_data.py --data-dir /tmp/ph --studies 60 --json data.json
+    python scripts/bench_data.py --full-size-only --full-size-images 16   # only section 5, about 4 minutes
 
 Measured in one run, each against a named reference:
 
@@ -17,6 +18,12 @@ Measured in one run, each against a named reference:
    deterministic prefix, random crop + CLAHE + normalisation per epoch, tokenised reports, DataLoader with
    the trainer's seeded passes) in images/s on one process, against the CLIP-baseline step's images/s
    measured here on the same image size (``bench_train_step``).
+5. Full-size DICOMs against shards (``--full-size-images N``; ``bench_all.py`` runs the plain ``DataConfig``
+   and so skips it): N phantom DICOMs of MIMIC's size (``--full-size``: ~3,000 × 2,500, 12 bits) per transfer
+   syntax, decoded + VOI + resized to the shard size by the chain ``scripts/preprocess_shards.py`` stores
+   (reference: uncompressed), against reading a random image from the shards (``ShardSet.read``), all on one
+   core; then preprocessing itself (``write_shards``, one worker) per syntax: seconds and bytes per image,
+   projected to 10,000 images and to MIMIC-CXR's 377,110.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import bench_common as bc
@@ -38,13 +45,33 @@ from torch.utils.data import DataLoader
 from eclip_monai.data import build_expert_datalist, build_mimic_datalist
 from eclip_monai.data.mimic import read_mimic_image_sizes
 from eclip_monai.data.phantom import ensure_phantom
+from eclip_monai.data.phantom.full_size import FULL_SIZE_BITS, FULL_SIZE_UPSCALE
+from eclip_monai.data.shards import DEFAULT_IMAGE_SIZE, ShardSet, collect_items, write_shards
 from eclip_monai.data.robust import SkipBadSamples, collate_skip_bad
 from eclip_monai.engines import SeededPasses
 from eclip_monai.networks import build_tokenizer
 from eclip_monai.transforms import FixationsToHeatmap, LoadCXRDicomd
 from eclip_monai.transforms.pipelines import eval_transforms, train_transforms
 
+from preprocess_shards import shard_transform
+
 HEATMAP_TOLERANCE = 1e-5
+MIMIC_IMAGES = 377_110  # DICOMs in MIMIC-CXR 2.0.0
+PER_10K = 10_000
+SHARD_READ_TARGET = 20  # shard read per core vs full-size decode per core (issue target)
+
+
+@dataclass(frozen=True)
+class FullSizeDataConfig(bc.DataConfig):
+    """``DataConfig`` plus the full-size section's settings (``bench_all.py`` passes a plain one)."""
+
+    full_size_images: int = bc.option(16, "full-size DICOMs per transfer syntax (0: skip the section)")
+    full_size_dir: str = bc.option("data/bench_phantom_full", "full-size phantom worlds (made if absent)")
+    syntaxes: tuple[str, ...] = bc.option(("explicit", "rle", "jpeg2000"), "transfer syntaxes to compare",
+                                          choices=("explicit", "rle", "jpeg2000"))
+    shard_size: int = bc.option(DEFAULT_IMAGE_SIZE, "side of the shard images")
+    shard_reads: int = bc.option(2000, "random shard reads per round")
+    full_size_only: bool = bc.option(False, "run only the full-size section")
 
 
 def _epoch(dataset):
@@ -159,10 +186,77 @@ def bench_step(cfg: bc.DataConfig, loader: dict) -> dict:
     }
 
 
+def _full_size_world(cfg: FullSizeDataConfig, syntax: str) -> tuple[list[dict], float | None]:
+    """The first ``full_size_images`` items (every view) of a full-size world, and the seconds per image it
+    took to generate (``None`` when it was already there)."""
+    out = Path(cfg.full_size_dir) / syntax
+    studies = cfg.full_size_images  # at least one image per study (about 1.3)
+    fresh = not (out / "phantom_done.json").exists()
+    start = time.perf_counter()
+    ensure_phantom(out, studies=studies, seed=0, eval_size=0, workers=1, progress=False, egd_fraction=0.3,
+                   reflacx_fraction=0.3, upscale=FULL_SIZE_UPSCALE, bits_stored=FULL_SIZE_BITS,
+                   transfer_syntax=syntax)
+    seconds = time.perf_counter() - start
+    items = collect_items(out / "mimic-cxr", out / "egd-cxr", out / "reflacx", views=None)
+    items = sorted(items, key=lambda it: it["image"])[: cfg.full_size_images]
+    return items, (seconds / len(collect_items(out / "mimic-cxr", views=None)) if fresh else None)
+
+
+def bench_full_size(cfg: FullSizeDataConfig) -> dict:
+    """Full-size decode + VOI + resize per core, per transfer syntax, against a random shard read; then
+    preprocessing (``write_shards``) time and disk per image."""
+    worlds = {syntax: _full_size_world(cfg, syntax) for syntax in cfg.syntaxes}
+    transform = shard_transform(cfg.shard_size)
+    result: dict = {"image_size": cfg.shard_size, "syntaxes": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
+        for syntax, (items, generation) in worlds.items():
+            start = time.perf_counter()
+            written = write_shards(items, Path(tmp) / syntax, transform, image_size=cfg.shard_size,
+                                   images_per_shard=max(1, len(items) // 2), progress=False)
+            seconds = time.perf_counter() - start
+            shard_bytes = sum(p.stat().st_size for p in (Path(tmp) / syntax).glob("shard-*"))
+            images = written["manifest"]["images"]
+            first = ShardSet(Path(tmp) / syntax)
+            records = [r for shard in range(len(first.shard_sizes)) for r in first.records(shard)]
+            result["syntaxes"][syntax] = {
+                "images": images, "example_size": records[0]["original_size"],
+                "mean_pixels": float(np.mean([np.prod(r["original_size"]) for r in records])),
+                "dicom_bytes_per_image": float(np.mean([Path(it["image"]).stat().st_size for it in items])),
+                "generation_s_per_image": generation,
+                "preprocess_s_per_image": seconds / images, "shard_bytes_per_image": shard_bytes / images,
+            }
+        shards = ShardSet(Path(tmp) / cfg.syntaxes[0], verify=True)
+        rng = np.random.default_rng(0)
+        picks = [shards.locate(int(i)) for i in rng.integers(0, len(shards), cfg.shard_reads)]
+        for shard in range(len(shards.shard_sizes)):  # open the maps and records once, as a worker would
+            shards.read(shard, 0)
+
+        def read_shards():
+            return [shards.read(shard, row) for shard, row in picks]
+
+        contenders = {syntax: (lambda items=items: [transform({"image": it["image"]}) for it in items])
+                      for syntax, (items, _) in worlds.items()}
+        contenders["shard_read"] = read_shards
+        bc.log(f"full-size decode + VOI + resize to {cfg.shard_size}² on 1 core ({', '.join(cfg.syntaxes)}) "
+               f"vs {cfg.shard_reads} random shard reads, {cfg.repeats} interleaved rounds")
+        times = bc.interleaved_rounds(contenders, cfg.repeats, warmup=True)
+    for syntax, entry in result["syntaxes"].items():
+        entry["decode_images_per_s"] = entry["images"] / bc.median(times[syntax])
+    result["shard_read_images_per_s"] = cfg.shard_reads / bc.median(times["shard_read"])
+    for syntax, entry in result["syntaxes"].items():
+        entry["shard_read_speedup"] = result["shard_read_images_per_s"] / entry["decode_images_per_s"]
+    return result
+
+
 def run(cfg: bc.DataConfig) -> dict:
     logging.getLogger("eclip_monai").setLevel(logging.WARNING)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if getattr(cfg, "full_size_only", False):
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            full = bench_full_size(cfg)
+        return {"config": asdict(cfg), "full_size": full, "targets": _full_size_targets(full)}
     root = ensure_phantom(cfg.data_dir, studies=cfg.studies, seed=0, eval_size=0, progress=False)
     mimic = root / "mimic-cxr"
     items = build_mimic_datalist(mimic, splits=("train", "validate", "test"))
@@ -180,13 +274,26 @@ def run(cfg: bc.DataConfig) -> dict:
         result["loader"] = bench_loader(train, expert, cfg)
     torch.set_num_threads(threads)
     result["loader"].update(bench_step(cfg, result["loader"]))
+    if getattr(cfg, "full_size_images", 0) > 0:
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            result["full_size"] = bench_full_size(cfg)
+        torch.set_num_threads(threads)
     result["targets"] = {
         "heatmap_speedup": bc.target(h["speedup_vs_reference"], 20, ">=",
                                      "vectorised heatmap speed / per-fixation loop speed"),
         "heatmap_identical": bc.target(h["max_abs_diff"], HEATMAP_TOLERANCE, "<=",
                                        "max |vectorised - per-fixation loop|"),
-    }
+    } | _full_size_targets(result.get("full_size"))
     return result
+
+
+def _full_size_targets(full: dict | None) -> dict:
+    if not full:
+        return {}
+    return {f"shard_read_vs_{syntax}_decode": bc.target(entry["shard_read_speedup"], SHARD_READ_TARGET, ">=",
+                                                        f"shard read / full-size {syntax} decode, per core")
+            for syntax, entry in full["syntaxes"].items()}
 
 
 def _rate(images_per_s: float) -> str:
@@ -194,6 +301,78 @@ def _rate(images_per_s: float) -> str:
 
 
 def report(result: dict, title: str = "Data path", level: int = 2) -> list[bc.Section]:
+    sections = _phantom_report(result, title, level) if "dicom" in result else []
+    if "full_size" in result:
+        sections += _full_size_report(result["full_size"], result["config"], level + 1)
+    return sections
+
+
+SYNTAX_NAMES = {"explicit": "uncompressed (Explicit VR LE)", "rle": "RLE Lossless",
+                "jpeg2000": "JPEG 2000 Lossless"}
+
+
+def _full_size_report(f: dict, c: dict, level: int) -> list[bc.Section]:
+    """Decode vs shard read per core; then preprocessing time and disk, projected to 10k images and MIMIC."""
+    syntaxes, names, size = f["syntaxes"], SYNTAX_NAMES, f["image_size"]
+    reference = next(iter(syntaxes))
+    ref_rate = syntaxes[reference]["decode_images_per_s"]
+    rows = [[f"full-size DICOM, {names[s]} → {size}² (decode + VOI + resize)",
+             _rate(e["decode_images_per_s"]),
+             "reference" if s == reference else f"{e['decode_images_per_s'] / ref_rate:.2f}x"]
+            for s, e in syntaxes.items()]
+    rows.append(["shard read (`ShardSet.read`, random rows, page cache)", _rate(f["shard_read_images_per_s"]),
+                 f"{f['shard_read_images_per_s'] / ref_rate:.0f}x"])
+    first = next(iter(syntaxes.values()))
+    intro = (
+        f"{first['images']} full-size phantom DICOMs per transfer syntax (`make_phantom_data.py "
+        f"--full-size`: {FULL_SIZE_UPSCALE}× the drawn film, {FULL_SIZE_BITS} bits stored in 16; "
+        f"{first['mean_pixels'] / 1e6:.1f} Mpx on average, e.g. {first['example_size'][0]} × "
+        f"{first['example_size'][1]}), decoded by the chain `scripts/preprocess_shards.py` stores "
+        f"(`eval_transforms({size}, mean=0, std=1)`), against {c['shard_reads']} random reads from the "
+        f"shards it wrote; one core (torch and BLAS on one thread), {c['repeats']} interleaved rounds, "
+        "medians."
+    )
+    speedups = ", ".join(f"{e['shard_read_speedup']:.0f}x vs {names[s]}" for s, e in syntaxes.items())
+    notes = [
+        f"- Shard read / full-size decode per core: {speedups} (target ≥ {SHARD_READ_TARGET}x). The shard "
+        f"read is a page-cache copy of {size}² bytes and a uint8 → float32 conversion; from a cold disk the "
+        f"disk bounds it instead ({size ** 2 / 1e3:.1f} kB per image: 500 MB/s is "
+        f"{500e6 / size ** 2:,.0f} images/s).",
+    ]
+    decode = bc.Section("Full-size DICOMs vs shards", intro,
+                        ("data path (1 core)", "throughput", "vs reference"), rows, notes, level)
+
+    header = ("transfer syntax", "DICOM MB / image", "generate s / image", "preprocess s / image (1 core)",
+              "DICOM MB/s per core", "core-h / 10k", "core-h for 377,110", "shard kB / image",
+              "shards GB / 10k", "shards GB for 377,110", "DICOMs TB for 377,110")
+    projection, wall = [], []
+    for s, e in syntaxes.items():
+        seconds, dicom = e["preprocess_s_per_image"], e["dicom_bytes_per_image"]
+        shard, core_h = e["shard_bytes_per_image"], seconds * PER_10K / 3600
+        generated = "-" if e["generation_s_per_image"] is None else f"{e['generation_s_per_image']:.2f}"
+        projection.append([names[s], f"{dicom / 1e6:.1f}", generated, f"{seconds:.3f}",
+                           f"{dicom / seconds / 1e6:.0f}", f"{core_h:.2f}",
+                           f"{core_h * MIMIC_IMAGES / PER_10K:.0f}", f"{shard / 1e3:.1f}",
+                           f"{shard * PER_10K / 1e9:.2f}", f"{shard * MIMIC_IMAGES / 1e9:.1f}",
+                           f"{dicom * MIMIC_IMAGES / 1e12:.2f}"])
+        wall.append(f"{names[s]} {seconds * MIMIC_IMAGES / 3600 / 16:.1f} h on 16 cores, "
+                    f"{seconds * MIMIC_IMAGES / 3600 / 64:.1f} h on 64 if storage delivers "
+                    f"{64 * dicom / seconds / 1e9:.2f} GB/s")
+    intro = ("`write_shards(..., workers=1)` on the same DICOMs: decode, VOI, resize, uint8, write and "
+             "sha256, one core; the full-size films are the drawn phantom enlarged, so decode cost and file "
+             "size are realistic but compression ratios are not (`eclip_monai/data/phantom/full_size.py`).")
+    notes = [
+        "- Arithmetic: core-hours per 10k = s/image × 10,000 / 3,600, for MIMIC-CXR × 37.711 "
+        "(377,110 / 10,000); wall time = core-hours / cores while storage keeps up (cores × MB/s per core): "
+        + "; ".join(wall) + ".",
+        f"- Shard bytes per image = S² ({size ** 2:,} B) + the `.npy` header's share + the JSON record "
+        "(report, labels, gaze); disk per 10k = bytes × 10,000, for MIMIC-CXR × 377,110. Generation time is "
+        "that of `make_phantom_data.py --full-size` (`-` when the world was already there).",
+    ]
+    return [decode, bc.Section("Preprocessing: time and disk", intro, header, projection, notes, level)]
+
+
+def _phantom_report(result: dict, title: str, level: int) -> list[bc.Section]:
     c, d, h, lo = result["config"], result["dicom"], result["heatmap"], result["loader"]
     ref, epoch1 = d["eval_pipeline_images_per_s"], d["persistent_epoch1_images_per_s"]
     rows = [
@@ -242,7 +421,7 @@ def report(result: dict, title: str = "Data path", level: int = 2) -> list[bc.Se
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return bc.main(bc.DataConfig, __doc__, run, report, argv)
+    return bc.main(FullSizeDataConfig, __doc__, run, report, argv)
 
 
 if __name__ == "__main__":

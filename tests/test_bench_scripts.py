@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-BENCHES = ("bench_train_step", "bench_data", "bench_retrieval", "bench_inference", "bench_all")
+BENCHES = ("bench_train_step", "bench_data", "bench_retrieval", "bench_inference", "bench_stream", "bench_all")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 So that every reader, transform and training run works on a fresh machine without credentialed data, this
 package draws chest X-ray phantoms with known findings, writes them as real DICOMs with MIMIC-style reports
-and labels, and records radiologist-like gaze on them. ``python scripts/make_phantom_data.py --out DIR``.
+and labels, and records radiologist-like gaze on them. ``python scripts/make_phantom_data.py --out DIR``;
+``--full-size`` writes MIMIC-sized 12-bit films (optionally RLE- or JPEG 2000-compressed) for data-path
+benchmarks (:mod:`.full_size` says what about them is realistic).
 """
 
 from eclip_monai.data.phantom.generate import ensure_phantom, generate_phantom

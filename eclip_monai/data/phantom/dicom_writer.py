@@ -3,7 +3,9 @@
 Stored values vary in bit depth (12-16 of 16 allocated), photometric interpretation (MONOCHROME1 stores the
 inverted values), modality rescale and VOI (window centre/width, or a non-linear VOI LUT sequence). Every
 combination is built so that the standard pipeline (modality LUT, then VOI, then inverting MONOCHROME1)
-shows the same picture, which is what a reader's tests check.
+shows the same picture, which is what a reader's tests check. Pixel data is stored uncompressed (Explicit VR
+Little Endian) by default, or losslessly compressed (RLE, JPEG 2000) with the pylibjpeg encoders, so that the
+decoders MIMIC-CXR-scale data goes through are exercised and timed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 LUT_OUTPUT_BITS = 12
+# name (as the generator's ``transfer_syntax`` option) -> UID; every one decodes with pydicom + pylibjpeg
+TRANSFER_SYNTAXES = {"explicit": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg2000": JPEG2000Lossless}
 
 
 @dataclass(frozen=True)
@@ -98,15 +102,17 @@ def voi_tags(enc: PixelEncoding) -> Dataset:
 
 
 def write_dicom(path: str | os.PathLike, image: np.ndarray, enc: PixelEncoding, tags: dict, *,
-                sop_class: str = CR_IMAGE_STORAGE, uid_seed: str) -> None:
-    """Write ``image`` (brightness in [0, 1]) with ``enc`` plus patient/study ``tags`` (DICOM keywords).
+                sop_class: str = CR_IMAGE_STORAGE, uid_seed: str, transfer_syntax: str = "explicit") -> None:
+    """Write ``image`` (brightness in [0, 1]) with ``enc`` plus patient/study ``tags`` (DICOM keywords), its
+    pixel data in ``transfer_syntax`` (a key of ``TRANSFER_SYNTAXES``; the compressed ones are lossless).
 
     UIDs are derived from ``uid_seed`` so the same study gives a byte-identical file on every run.
     """
+    syntax = TRANSFER_SYNTAXES[transfer_syntax]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "instance"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # compress() below switches it
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -128,6 +134,8 @@ def write_dicom(path: str | os.PathLike, image: np.ndarray, enc: PixelEncoding, 
     ds.PixelRepresentation = 0
     ds.update(voi_tags(enc))
     ds.PixelData = stored.tobytes()
+    if syntax.is_compressed:
+        ds.compress(syntax, encoding_plugin="pylibjpeg")
     ds.save_as(path, enforce_file_format=True)
 
 

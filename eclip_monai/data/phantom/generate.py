@@ -2,7 +2,10 @@
 
 Every study and evaluation image gets its own child of ``numpy.random.SeedSequence(seed)``, so the output
 is identical for any number of workers. ``phantom_done.json`` is written last: its presence, with the same
-arguments, is what :func:`ensure_phantom` trusts.
+arguments, is what :func:`ensure_phantom` trusts. The image options (``upscale``, ``bits_stored``,
+``transfer_syntax``) change only how the MIMIC-CXR films are written, never what is drawn, and are recorded
+only when they differ from their defaults, so the default world and its ``phantom_done.json`` stay as they
+were before the options existed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from eclip_monai.data import formats
+from eclip_monai.data.phantom.dicom_writer import TRANSFER_SYNTAXES
 from eclip_monai.data.phantom.eval_sets import chexpert_item, openi_item, rsna_item
+from eclip_monai.data.phantom.full_size import upscale_study
 from eclip_monai.data.phantom.layouts import (
     egd_records,
     write_mimic_study,
@@ -36,6 +41,7 @@ DONE_FILE = "phantom_done.json"
 PARTIAL_FILE = ".phantom_partial"  # marks a folder this generator is (or was, if interrupted) writing
 GENERATOR_VERSION = 1
 SPLIT_FRACTIONS = {"train": 0.8, "validate": 0.1, "test": 0.1}
+IMAGE_DEFAULTS = {"upscale": 1, "bits_stored": None, "transfer_syntax": "explicit"}  # the films as drawn
 REFLACX_METADATA = formats.REFLACX_METADATA_CSV.format(phase=3)  # the phantom's readings are all phase 3
 # (dataset folder key, file, columns, job kind, row key); the evaluation tables only when eval_size > 0
 _TABLES = (
@@ -51,6 +57,15 @@ _TABLES = (
     ("openi", formats.OPENI_REPORTS_CSV, formats.OPENI_REPORT_COLUMNS, "openi", "reports"),
     ("openi", formats.OPENI_PROJECTIONS_CSV, formats.OPENI_PROJECTION_COLUMNS, "openi", "projections"),
 )
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How the MIMIC-CXR films are written (see :func:`generate_phantom`); the defaults: as drawn."""
+
+    upscale: int = 1
+    bits_stored: int | None = None
+    transfer_syntax: str = "explicit"
 
 
 @dataclass(frozen=True)
@@ -107,10 +122,13 @@ def plan_studies(rng: np.random.Generator, studies: int, egd_fraction: float, re
     return plans
 
 
-def _draw_mimic(out: Path, plan: StudyPlan, seed: np.random.SeedSequence) -> dict[str, list]:
+def _draw_mimic(out: Path, plan: StudyPlan, seed: np.random.SeedSequence,
+                images: ImageOptions) -> dict[str, list]:
     study = simulate_study(seed, subject_id=plan.subject_id, study_id=plan.study_id, sex=plan.sex,
                            age=plan.age, read_with_gaze=plan.gaze is not None)
-    rows = write_mimic_study(out / DATASET_DIRS["mimic"], study, plan.split)
+    if images.upscale > 1 or images.bits_stored is not None:
+        study = upscale_study(study, images.upscale, images.bits_stored)
+    rows = write_mimic_study(out / DATASET_DIRS["mimic"], study, plan.split, images.transfer_syntax)
     for record in rows["truth"]:  # gaze was recorded on the frontal image (the first) only
         frontal = record is rows["truth"][0]
         record.update(gaze=plan.gaze if frontal else None, reflacx_id=plan.reflacx_id if frontal else None)
@@ -126,9 +144,9 @@ def _draw_mimic(out: Path, plan: StudyPlan, seed: np.random.SeedSequence) -> dic
 
 def _draw(job: tuple) -> tuple[str, dict[str, list]]:
     """Run one job in a worker: draw, write its own files, return its table rows."""
-    kind, out, seed, argument = job
+    kind, out, seed, argument = job[:4]
     if kind == "mimic":
-        return kind, _draw_mimic(out, argument, seed)
+        return kind, _draw_mimic(out, argument, seed, job[4])
     root = out / DATASET_DIRS[kind]
     if kind == "chexpert":
         return kind, chexpert_item(root, argument[0], argument[1], seed)
@@ -191,11 +209,17 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def _arguments(studies: int, seed: int, egd_fraction: float, reflacx_fraction: float, eval_size: int,
-               split_fractions: dict[str, float] | None, test_gaze_fraction: float) -> dict:
-    """Everything that decides the world's content: ``phantom_done.json`` records it, and a comparison names it."""
+               split_fractions: dict[str, float] | None, test_gaze_fraction: float, upscale: int = 1,
+               bits_stored: int | None = None, transfer_syntax: str = "explicit") -> dict:
+    """Everything that decides the world's content: ``phantom_done.json`` records it, and a comparison names
+    it. An image option enters only with a value other than its default (a default world's record is as it
+    was before the options existed)."""
+    images = {"upscale": upscale, "bits_stored": bits_stored, "transfer_syntax": transfer_syntax}
     return {"version": GENERATOR_VERSION, "studies": studies, "seed": seed, "egd_fraction": egd_fraction,
             "reflacx_fraction": reflacx_fraction, "eval_size": eval_size,
-            "split_fractions": dict(split_fractions or SPLIT_FRACTIONS), "test_gaze_fraction": test_gaze_fraction}
+            "split_fractions": dict(split_fractions or SPLIT_FRACTIONS),
+            "test_gaze_fraction": test_gaze_fraction,
+            **{key: value for key, value in images.items() if value != IMAGE_DEFAULTS[key]}}
 
 
 def generate_phantom(
@@ -209,6 +233,9 @@ def generate_phantom(
     progress: bool = True,
     split_fractions: dict[str, float] | None = None,
     test_gaze_fraction: float = 0.0,
+    upscale: int = 1,
+    bits_stored: int | None = None,
+    transfer_syntax: str = "explicit",
 ) -> dict:
     """Write the phantom world under ``out_dir``; return counts and paths (also in ``phantom_done.json``).
 
@@ -219,6 +246,13 @@ def generate_phantom(
         workers: processes drawing studies; the output does not depend on it.
         split_fractions: share of subjects per split, ``{"train", "validate", "test"}`` (default 0.8/0.1/0.1).
         test_gaze_fraction: share of test-split frontal images that also get a REFLACX reading (held-out gaze).
+        upscale: integer enlargement of every MIMIC-CXR film (``full_size.FULL_SIZE_UPSCALE`` = 7 gives
+            MIMIC's ~3,000 × 2,500 pixels; gaze, findings and spacing follow); :mod:`.full_size` says what is
+            realistic about such films and what is not.
+        bits_stored: stored bits of every MIMIC-CXR film (12 for MIMIC's detectors); ``None`` keeps the drawn
+            mix of 12-16 bits.
+        transfer_syntax: ``"explicit"`` (uncompressed Explicit VR Little Endian), ``"rle"`` (RLE Lossless) or
+            ``"jpeg2000"`` (JPEG 2000 Lossless) for the MIMIC-CXR DICOMs; evaluation sets keep their formats.
     """
     if studies < 1 or eval_size < 0 or workers < 1:
         raise ValueError(f"need studies >= 1, eval_size >= 0, workers >= 1; "
@@ -232,13 +266,20 @@ def generate_phantom(
                          f"got {split_fractions}")
     if not 0 <= test_gaze_fraction <= 1:
         raise ValueError(f"test_gaze_fraction must be in [0, 1]; got {test_gaze_fraction}")
+    if int(upscale) != upscale or upscale < 1 or bits_stored not in (None, *range(8, 17)):
+        raise ValueError(f"need an integer upscale >= 1 and bits_stored None or 8-16; got {upscale}, "
+                         f"{bits_stored}")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}; "
+                         f"got {transfer_syntax!r}")
+    images = ImageOptions(int(upscale), bits_stored, transfer_syntax)
     started = time.perf_counter()
     out = Path(out_dir)
     _prepare(out)
     plan_seed, study_seed, eval_seed = np.random.SeedSequence(seed).spawn(3)
     plans = plan_studies(np.random.default_rng(plan_seed), studies, egd_fraction, reflacx_fraction,
                          fractions, test_gaze_fraction)
-    jobs = [("mimic", out, s, p) for p, s in zip(plans, study_seed.spawn(len(plans)))]
+    jobs = [("mimic", out, s, p, images) for p, s in zip(plans, study_seed.spawn(len(plans)))]
     jobs += _eval_jobs(out, eval_seed, eval_size)
     tables: dict[tuple[str, str], list] = defaultdict(list)
     for kind, rows in _run(jobs, workers, progress):
@@ -268,7 +309,8 @@ def generate_phantom(
         "openi_studies": len(tables["openi", "reports"]),
         "paths": {k: str(out / d) for k, d in DATASET_DIRS.items()} | {"truth": str(out / TRUTH_FILE)},
     }
-    arguments = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size, fractions, test_gaze_fraction)
+    arguments = _arguments(studies, seed, egd_fraction, reflacx_fraction, eval_size, fractions,
+                           test_gaze_fraction, int(upscale), bits_stored, transfer_syntax)
     (out / DONE_FILE).write_text(json.dumps({"arguments": arguments, "summary": summary}, indent=2) + "\n")
     (out / PARTIAL_FILE).unlink()
     return summary | {"seconds": round(time.perf_counter() - started, 2)}
@@ -286,7 +328,4 @@ def ensure_phantom(out_dir: str | Path, studies: int = 1000, seed: int = 0, **op
     if done.is_file() and json.loads(done.read_text()).get("arguments") == _arguments(**world):
         return out
     generate_phantom(*bound.args, **bound.kwargs)
-    return out
-    generate_phantom(out, studies, seed, workers, egd_fraction, reflacx_fraction, eval_size, progress,
-                     split_fractions, test_gaze_fraction)
     return out

@@ -49,8 +49,10 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_mimic_study(mimic_root: Path, study: PhantomStudy, split: str) -> dict[str, list[dict]]:
-    """Write a study's DICOMs and report; return its metadata, split, chexpert and truth rows."""
+def write_mimic_study(mimic_root: Path, study: PhantomStudy, split: str,
+                      transfer_syntax: str = "explicit") -> dict[str, list[dict]]:
+    """Write a study's DICOMs (pixel data in ``transfer_syntax``) and report; return its metadata, split,
+    chexpert and truth rows."""
     report_path = mimic_root / formats.mimic_report_path(study.subject_id, study.study_id)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(study.report.text)
@@ -61,7 +63,7 @@ def write_mimic_study(mimic_root: Path, study: PhantomStudy, split: str) -> dict
         path.parent.mkdir(parents=True, exist_ok=True)
         sop_class = DX_IMAGE_STORAGE if image.modality == "DX" else CR_IMAGE_STORAGE
         write_dicom(path, image.pixels, image.encoding, _mimic_tags(study, image, study_uid, number),
-                    sop_class=sop_class, uid_seed=image.dicom_id)
+                    sop_class=sop_class, uid_seed=image.dicom_id, transfer_syntax=transfer_syntax)
         ids = {"dicom_id": image.dicom_id, "subject_id": study.subject_id, "study_id": study.study_id}
         rows["metadata"].append({
             **ids, "PerformedProcedureStepDescription": study.report.examination, "ViewPosition": image.view,
