@@ -32,12 +32,15 @@ study: $(STAMP)
 study-ablations: $(STAMP)
 	$(BIN)/python scripts/study.py --ablations
 
-## make test: the test suite (slow-marked tests excluded; `make test-all` runs them too)
+## make test: the test suite (slow-marked tests excluded; `make test-all` runs them too), one file per worker
+## process (pytest-xdist; most tests drive single-threaded subprocesses), one BLAS thread per worker
+TEST_WORKERS ?= 2
+TEST_ARGS    := -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(TEST_ARGS) -m "not slow"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(TEST_ARGS)
 
 ## make bench: every benchmark against its named reference -> docs/performance.{md,json} (15-30 min on 2 cores)
 bench: $(STAMP)

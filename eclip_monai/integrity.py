@@ -61,13 +61,14 @@ def write_checksums(root: str | os.PathLike) -> Path:
 def read_checksums(root: str | os.PathLike) -> dict[str, str]:
     manifest = Path(root) / CHECKSUMS_FILE
     if not manifest.is_file():
-        raise BundleIntegrityError(f"{manifest}: missing; a packaged bundle lists the sha256 of every file it "
-                                   "ships there (unpack the archive again)")
+        raise BundleIntegrityError(f"{manifest}: missing; a packaged bundle lists the sha256 of every file "
+                                   "it ships there (unpack the archive again)")
     entries = {}
     for number, line in enumerate(manifest.read_text().splitlines(), 1):
         digest, sep, path = line.partition("  ")
         if not sep or len(digest) != 64 or not path or Path(path).is_absolute() or ".." in Path(path).parts:
-            raise BundleIntegrityError(f"{manifest}:{number}: expected '<sha256>  <relative path>', found {line!r}")
+            raise BundleIntegrityError(f"{manifest}:{number}: expected '<sha256>  <relative path>', "
+                                       f"found {line!r}")
         entries[path] = digest
     return entries
 
@@ -81,12 +82,12 @@ def verify_bundle(root: str | os.PathLike) -> int:
         if not (root / path).is_file():
             raise BundleIntegrityError(f"{root / path}: listed in {CHECKSUMS_FILE} but missing")
         if file_sha256(root / path) != digest:
-            raise BundleIntegrityError(f"{root / path}: sha256 differs from {CHECKSUMS_FILE}; the file was changed "
-                                       "after packaging (refusing to load the bundle)")
+            raise BundleIntegrityError(f"{root / path}: sha256 differs from {CHECKSUMS_FILE}; the file was "
+                                       "changed after packaging (refusing to load the bundle)")
     added = [p for p in shipped_files(root) if p.startswith(f"{VENDORED_PACKAGE}/") and p not in expected]
     if added:
-        raise BundleIntegrityError(f"{root / added[0]}: not in {CHECKSUMS_FILE}; {len(added)} file(s) were added to "
-                                   f"the vendored package after packaging (refusing to import it)")
+        raise BundleIntegrityError(f"{root / added[0]}: not in {CHECKSUMS_FILE}; {len(added)} file(s) were "
+                                   "added to the vendored package after packaging (refusing to import it)")
     return len(expected)
 
 

@@ -210,8 +210,9 @@ def package(checkpoint: Path, out_dir: Path, overlays: list[Path] = (), settings
         write_large_files(stage, weights_url)
         write_checksums(stage)
         out_dir.mkdir(parents=True, exist_ok=True)
-        archive = Path(shutil.make_archive(str(out_dir / f"{name}_v{version}"), "zip", root_dir=tmp, base_dir=name))
-    # the anchor for checksums.sha256: published beside the archive, checked with sha256sum -c before unpacking
+        archive = Path(shutil.make_archive(str(out_dir / f"{name}_v{version}"), "zip", root_dir=tmp,
+                                           base_dir=name))
+    # the anchor for checksums.sha256: published beside the archive, checked by sha256sum -c before unpacking
     archive.with_name(archive.name + ".sha256").write_text(f"{file_sha256(archive)}  {archive.name}\n")
     return archive
 

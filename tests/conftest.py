@@ -28,19 +28,34 @@ def package_archive(checkpoint: Path, out: Path, *extra: str) -> subprocess.Comp
     return subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this run sees (the run's base temp), for fixtures built once."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def packaged(tmp_path_factory) -> tuple[Path, Path]:
-    """``(archive, checkpoint)``: ``eclip_cxr_v<version>.zip`` built from a tiny perturbed eCLIP checkpoint."""
+    """``(archive, checkpoint)``: ``eclip_cxr_v<version>.zip`` built from a tiny perturbed eCLIP checkpoint,
+    once per test run (the first worker to need it builds it; the others wait on the lock)."""
+    from filelock import FileLock
+
     from test_bundle_inference import tiny_checkpoint
 
-    tmp = tmp_path_factory.mktemp("package")
-    checkpoint = tiny_checkpoint(tmp / "final.pt")
-    done = package_archive(checkpoint, tmp / "dist", "--weights_url", "https://example.org/releases/v1",
-                           "--study_results", str(ROOT / "docs" / "results.json"), "--study_run", "eclip/0")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    archive = Path(done.stdout.strip().splitlines()[-1])
-    assert archive.is_file(), done.stdout
-    return archive, checkpoint
+    tmp = shared_dir(tmp_path_factory, "package")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(tmp) + ".lock"):
+        built = tmp / "archive.txt"
+        if not built.is_file():
+            checkpoint = tiny_checkpoint(tmp / "final.pt")
+            done = package_archive(checkpoint, tmp / "dist", "--weights_url",
+                                   "https://example.org/releases/v1", "--study_results",
+                                   str(ROOT / "docs" / "results.json"), "--study_run", "eclip/0")
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            built.write_text(done.stdout.strip().splitlines()[-1])
+    archive = Path(built.read_text())
+    assert archive.is_file(), archive
+    return archive, tmp / "final.pt"
 
 
 @pytest.fixture(scope="session")

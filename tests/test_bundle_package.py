@@ -178,7 +178,8 @@ def test_a_changed_bundle_is_refused_before_its_code_is_imported_naming_the_file
     with pytest.raises(RuntimeError, match="Failed to evaluate ConfigExpression") as failure:
         network_of(bundle)
     cause = failure.value.__cause__  # MONAI chains the expression's own error, which a user's traceback shows
-    assert type(cause).__name__ == "BundleIntegrityError" and str(cause).startswith(f"{bundle}/{message}"), cause
+    assert type(cause).__name__ == "BundleIntegrityError", cause
+    assert str(cause).startswith(f"{bundle}/{message}"), cause
     assert str(bundle) not in sys.path
 
 
