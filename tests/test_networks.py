@@ -201,6 +201,12 @@ def test_without_mixup_the_expert_image_is_the_processor_output():
     torch.testing.assert_close(expert, processed)
 
 
+@pytest.mark.parametrize("flag", ["mixup", "random_heatmaps"])
+def test_a_switch_given_as_a_string_is_refused_naming_it(flag):
+    with pytest.raises(TypeError, match=f"{flag}: expected true or false, found 'false'"):
+        ECLIP(torch.nn.Identity(), None, **{flag: "false"})  # what `--mixup false` on the command line gives
+
+
 def test_random_heatmaps_ablation_ignores_the_given_heatmap():
     processor = HeatmapProcessor(embed_dim=32, num_heads=4).eval()
     model = ECLIP(torch.nn.Identity(), processor, mixup=False, random_heatmaps=True)

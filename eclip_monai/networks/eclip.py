@@ -87,6 +87,10 @@ class ECLIP(nn.Module):
         max_logit_scale: float = 100.0,
     ):
         super().__init__()
+        for name, flag in (("mixup", mixup), ("random_heatmaps", random_heatmaps)):
+            if not isinstance(flag, bool):  # `--mixup false` on the command line arrives as the string 'false'
+                raise TypeError(f"{name}: expected true or false, found {flag!r} (on the command line write "
+                                f"--{name} False)")
         self.clip = clip_model
         self.heatmap_processor = heatmap_processor
         self.mixup_alpha = mixup_alpha
