@@ -16,7 +16,7 @@ import multiprocessing
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ DONE_FILE = "phantom_done.json"
 PARTIAL_FILE = ".phantom_partial"  # marks a folder this generator is (or was, if interrupted) writing
 GENERATOR_VERSION = 1
 SPLIT_FRACTIONS = {"train": 0.8, "validate": 0.1, "test": 0.1}
-IMAGE_DEFAULTS = {"upscale": 1, "bits_stored": None, "transfer_syntax": "explicit"}  # the films as drawn
 REFLACX_METADATA = formats.REFLACX_METADATA_CSV.format(phase=3)  # the phantom's readings are all phase 3
 # (dataset folder key, file, columns, job kind, row key); the evaluation tables only when eval_size > 0
 _TABLES = (
@@ -66,6 +65,9 @@ class ImageOptions:
     upscale: int = 1
     bits_stored: int | None = None
     transfer_syntax: str = "explicit"
+
+
+IMAGE_DEFAULTS = asdict(ImageOptions())  # the films as drawn
 
 
 @dataclass(frozen=True)
