@@ -1,8 +1,14 @@
 """The eCLIP MONAI Label app, served for real: ``monailabel start_server`` on loopback over phantom DICOMs,
-answers must equal the zero-shot classifier run in-process with the same weights."""
+answers must equal the zero-shot classifier run in-process with the same weights.
+
+The same server then takes the fast slice of ``scripts/load_test.py`` (load and attack): two clients, 80
+requests, valid and bad mixed; hostile uploads from the corpus; paths given as image ids (never opened) and
+malformed requests (client errors, not 500s). The full run is ``python scripts/load_test.py`` (8 clients,
+1,000 requests)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -23,6 +29,8 @@ from eclip_monai.networks.zero_shot import ZeroShotClassifier
 from eclip_monai.rag.index import ReportIndex
 from eclip_monai.networks import build_tokenizer
 from label_server import APP, request, serve
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("monailabel") is None,
@@ -48,8 +56,10 @@ def _reference(checkpoint: Path) -> ZeroShotClassifier:
 
 
 class Server:
-    def __init__(self, url: str, studies: Path, reference: ZeroShotClassifier, index: ReportIndex):
+    def __init__(self, url: str, studies: Path, reference: ZeroShotClassifier, index: ReportIndex, work: Path,
+                 outside: Path):
         self.url, self.studies, self.reference, self.index = url, studies, reference, index
+        self.work, self.outside = work, outside
 
     def request(self, path: str, params: dict | None = None, **query) -> tuple[int, dict]:
         return request(self.url, path, params, **query)
@@ -77,8 +87,10 @@ def server(tmp_path_factory):
                                       checkpoint_path=checkpoint, ids=[d.parent.name for d in dicoms])
     conf = {"checkpoint": checkpoint, "model_name": MODEL, "image_size": SIZE, "top_k": 3,
             "report_index": tmp / "index"}
+    (tmp / "outside").mkdir()  # a valid DICOM on the server that is not in the datastore
+    outside = shutil.copy(dicoms[0], tmp / "outside" / "not_in_the_datastore.dcm")
     with serve(tmp, str(studies), conf) as url:
-        yield Server(url, studies, _reference(checkpoint), index)
+        yield Server(url, studies, _reference(checkpoint), index, tmp, Path(outside))
 
 
 def _ids(server: Server) -> list[str]:
@@ -202,3 +214,72 @@ def test_compat_hook_lets_pydicom_seg_write_dicom_seg_under_pydicom3(tmp_path):
     hooked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(APP / "compat")))
     assert hooked.returncode == 0 and hooked.stdout.strip() == "ok", hooked.stderr
+
+
+# malformed requests MONAI Label itself would answer 500, and paths on the server given as the image
+MALFORMED = ("malformed_json", "params_not_object", "unknown_model", "no_image")
+PATH_KINDS = ("path_id", "path_id_outside_dicom", "path_in_params")
+
+
+@pytest.fixture(scope="module")
+def load_test():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        yield importlib.import_module("load_test")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope="module")
+def attacked(load_test, server):
+    """The app's server as ``scripts/load_test.py`` addresses one."""
+    attacked = load_test.Server(server.url, load_test._server_pid(server.url.rsplit(":", 1)[1]), _ids(server),
+                                (server.studies / f"{_ids(server)[0]}.dcm").read_bytes(), str(server.outside),
+                                load_test.hostile_uploads(server.work, seed=0))
+    load_test.warm_up(attacked)
+    return attacked
+
+
+def _fresh(load_test, attacked, request):
+    """One request on its own connection (after a 500 the server drops the keep-alive connection)."""
+    import requests
+
+    with requests.Session() as session:
+        return load_test.send(session, attacked.url, request)
+
+
+def test_two_clients_mixing_valid_and_bad_requests_get_200_and_4xx(load_test, attacked):
+    kinds = [k for k in [*load_test.VALID_WEIGHTS, *load_test.BAD_WEIGHTS]  # 96 MiB uploads: the full run
+             if k not in MALFORMED + PATH_KINDS + ("oversized_upload",)]
+    mix = load_test.build_requests(attacked, 80, seed=0, kinds=kinds)
+    answers, rss = load_test.run_load(attacked, mix, clients=2)
+    assert len(answers) == 80 and {a.kind for a in answers} == set(kinds)
+    assert [f"{a.kind}: {a.status} {a.detail}" for a in answers if not a.passed] == []
+    assert sum(a.kind in load_test.VALID_WEIGHTS for a in answers) > 40
+    assert rss["alive_after"]
+
+
+def test_hostile_uploads_are_client_errors_and_the_server_keeps_answering(load_test, attacked):
+    assert len(attacked.hostile) >= 8
+    for name, content in attacked.hostile:
+        answer = _fresh(load_test, attacked, load_test.Request("hostile_upload", "4xx", upload=(name, content)))
+        assert 400 <= answer.status < 500, (name, answer)
+    valid = load_test.Request("findings_upload", "200", upload=("ok.dcm", attacked.upload))
+    assert _fresh(load_test, attacked, valid).status == 200
+
+
+def test_a_path_given_as_image_id_is_never_opened(load_test, attacked):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    answers = [_fresh(load_test, attacked, load_test._request(kind, attacked, rng)) for kind in PATH_KINDS * 3]
+    assert [(a.kind, a.status, a.detail) for a in answers if not a.passed] == []
+
+
+def test_malformed_params_an_unknown_model_and_no_image_are_client_errors(load_test, attacked):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    answers = [_fresh(load_test, attacked, load_test._request(kind, attacked, rng))
+               for kind in MALFORMED]
+    assert [(a.kind, a.status) for a in answers if not 400 <= a.status < 500] == []
