@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from eclip_monai.errors import CXRDataError
+from eclip_monai.integrity import file_sha256
 from eclip_monai.metrics.retrieval import (
     DEFAULT_NPROBE,
     build_ivf,
@@ -45,14 +46,6 @@ from eclip_monai.metrics.retrieval import (
 INDEX_FILE, REPORTS_FILE, MANIFEST_FILE = "reports.faiss", "reports.jsonl", "manifest.json"
 EXACT = {"kind": "exact"}
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(network: nn.Module) -> str:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from eclip_monai.data.formats import DEFAULT_FINDINGS
 from eclip_monai.errors import CXRDataError
+from eclip_monai.integrity import file_sha256
 from eclip_monai.networks import build_eclip
 from eclip_monai.networks.checkpoint import has_processor, read_state_dict
 from eclip_monai.networks.zero_shot import ZeroShotClassifier
-from eclip_monai.rag.index import MANIFEST_FILE, ReportIndex, file_sha256
+from eclip_monai.rag.index import MANIFEST_FILE, ReportIndex
 from eclip_monai.networks import build_tokenizer
 
 
