@@ -1,7 +1,8 @@
 """Fault injection: kill a short training run with SIGKILL at chosen points, resume it, and check the result.
 
-    .venv/bin/python scripts/fault_injection.py                 # every case (about 5 minutes on 2 cores)
+    .venv/bin/python scripts/fault_injection.py                 # every case (about 8 minutes on 2 cores)
     .venv/bin/python scripts/fault_injection.py --cases fast    # the slice `make test` runs (2-epoch runs)
+    .venv/bin/python scripts/fault_injection.py --cases ddp     # the 2-process torchrun cases only
     .venv/bin/python scripts/fault_injection.py --list          # the cases and their kill points
 
 The run is the training bundle (``bundle/configs/train.json`` + ``configs/tiny_cpu.json``) at 64 x 64 on a
@@ -19,6 +20,15 @@ error the trainer raises), every file under a checkpoint name loads (``weights_o
 each kill, the resumed run's ``final.pt`` and ``model.pt`` equal the uninterrupted run's in every tensor and
 value, and no temporary file is left. Files the uninterrupted run would have removed (a resumed run keeps the
 interval checkpoints written before the kill, as ``n_saved`` counts per process) are listed, not failed.
+
+The ``ddp-*`` cases run the same bundle as a user runs it on several processes: ``torchrun --standalone
+--nnodes 1 --nproc_per_node 2 -m monai.bundle run`` with ``bundle/configs/multi_gpu_train.json`` (gloo on CPU,
+``batch_size`` 4 per process: the same global batch of 8), each run a fresh ``torchrun``. The kill point is
+armed in rank 1 only, through a ``sitecustomize`` put on the ranks' ``PYTHONPATH`` for the killed run
+(``RANK_HOOK``), so the command is unchanged; rank 0, which writes every checkpoint, is never armed. Such a
+case also passes only when torchrun names rank 1 (SIGKILL) as its first failure, exits non-zero within
+``DETECTION_LIMIT_S`` of the kill, and leaves no rank running; the resumed run (the same command plus
+``--resume_from``) is compared with an uninterrupted 2-process run.
 Prints one Markdown table row per case; exits 1 if any case fails.
 """
 
@@ -30,10 +40,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,17 +57,31 @@ SETTINGS = {"image_size": 64, "batch_size": 8, "val_interval": 1, "generate_phan
             "curriculum#mode": "constant", "log_every": 1000, "num_workers": 0}
 EPOCHS, FAST_EPOCHS = 3, 2  # of 4 iterations each with these settings
 RUN = "eclip_tiny"
+# the 2-process runs: torchrun, gloo on CPU; batch_size is per process, so the global batch (and the 4
+# iterations an epoch) are those of the single-process runs
+DDP_CONFIGS = [ROOT / "bundle/configs/train.json", ROOT / "bundle/configs/multi_gpu_train.json",
+               ROOT / "configs/tiny_cpu.json"]
+DDP_SETTINGS = {**SETTINGS, "batch_size": 4}
+NPROC = 2
+# torchrun's agent polls its workers every 0.1 s (--monitor-interval), then sends the others SIGTERM and,
+# 30 s later, SIGKILL (LocalElasticAgent._shutdown): a killed rank stops the run within about 30.1 s plus
+# the agent's own exit. A case whose torchrun exits later than DETECTION_LIMIT_S after the kill fails.
+DETECTION_LIMIT_S = 45.0
+TORCHRUN_LIMIT_S = 900  # a torchrun run still going after this is killed (it and every process under it)
 
 
 @dataclass(frozen=True)
 class Case:
     """A kill point per run (``kills``, syntax in ``_install``), each run after the first resuming the one
-    before; ``where`` says it in words; ``workers`` is ``num_workers`` of every run of the case."""
+    before; ``where`` says it in words; ``workers`` is ``num_workers`` of every run of the case. ``rank``:
+    None for a single-process run (a forked child); else every run of the case is a 2-process ``torchrun``
+    and the kill point is armed in that rank only."""
 
     name: str
     where: str
     kills: tuple[str, ...]
     workers: int = 0
+    rank: int | None = None
 
 
 CASES = {c.name: c for c in (
@@ -95,8 +120,18 @@ CASES = {c.name: c for c in (
          ("iteration_completed:6", "resume_loaded")),
     Case("killed-thrice", "writing checkpoint_epoch=2.pt, then iteration 10, then writing final.pt",
          ("before_rename:checkpoint_epoch=2.pt:1", "iteration_started:10", "write_mid:final.pt:1")),
+    # 2-process torchrun (gloo, CPU); rank 1 is killed, rank 0 (which writes every checkpoint) is not
+    Case("ddp-rank1-mid-epoch-2", "2 processes: rank 1 after the optimiser step of iteration 6; rank 0 "
+         "blocks in its next collective", ("iteration_completed:6",), rank=1),
+    Case("ddp-rank1-validation-2", "2 processes: rank 1 inside validation after epoch 2, rank 0 in it too",
+         ("validation:2:1",), rank=1),
+    Case("ddp-rank1-during-save-2", "2 processes: rank 1 the moment rank 0 begins to write "
+         "checkpoint_epoch=2.pt; torchrun's SIGTERM reaches rank 0 inside the write",
+         ("file_appears:.checkpoint_epoch=2.pt.tmp",), rank=1),
 )}
 FAST = ("ckpt-write-2", "validation-1", "expert-load-3")
+DDP = tuple(name for name, case in CASES.items() if case.rank is not None)
+SINGLE = tuple(name for name, case in CASES.items() if case.rank is None)
 
 
 # ---- inside a child: the run and its kill point ------------------------------------------------------------
@@ -104,6 +139,8 @@ FAST = ("ckpt-write-2", "validation-1", "expert-load-3")
 
 def _die(point: str) -> None:
     os.write(2, f"fault_injection: SIGKILL at {point}\n".encode())  # the run's log, whatever sys.stderr is
+    if os.environ.get("FAULT_INJECTION_DIR"):  # a torchrun rank: when it died, to time the others' stop
+        Path(os.environ["FAULT_INJECTION_DIR"], "killed_at").write_text(repr(time.time()))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -118,7 +155,9 @@ def _install(point: str, parser, flag: Path) -> None:
       ``before_rename:NAME:K`` / ``after_rename:NAME:K``: just before / after that write's rename;
     - ``worker:N``: in a DataLoader worker, at the first sample it loads once iteration N has completed
       (``flag`` tells the workers, which are separate processes);
-    - ``resume_loaded``: right after ``--resume_from`` was restored.
+    - ``resume_loaded``: right after ``--resume_from`` was restored;
+    - ``file_appears:NAME``: the moment NAME appears in the checkpoint folder, written by another process
+      (a thread polls every millisecond; e.g. ``.checkpoint_epoch=2.pt.tmp``: rank 0 has begun that write).
     """
     from ignite.engine import Events
 
@@ -206,6 +245,17 @@ def _install(point: str, parser, flag: Path) -> None:
 
         robust.SkipBadSamples.__getitem__ = item
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=int(args[0])), lambda _: flag.touch())
+    elif kind == "file_appears":
+        import threading
+
+        target = Path(parser.get_parsed_content("ckpt_dir")) / args[0]
+
+        def watch() -> None:
+            while not target.exists():
+                time.sleep(0.001)
+            _die(point)
+
+        threading.Thread(target=watch, name="fault_injection", daemon=True).start()
     elif kind == "resume_loaded":
         real_call = handler_checkpoint.VerifiedCheckpointLoader.__call__
 
@@ -258,6 +308,166 @@ def run_child(run_dir: Path, phantom: Path, point: str | None = None, resume_fro
             sys.stderr.flush()
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+# ---- 2-process torchrun runs: the same kill points, armed in one rank -------------------------------------
+
+# ``sitecustomize.py`` in a folder put first on the ranks' PYTHONPATH, for a killed run only: Python imports
+# it at start-up, so the command stays the user's ``torchrun ... -m monai.bundle run ...``. Every rank
+# records its pid; the rank named by FAULT_INJECTION_RANK loads this file and arms FAULT_INJECTION_POINT.
+# torchrun's agent has no RANK in its environment.
+RANK_HOOK = """import os
+env = os.environ
+if env.get("RANK") is not None and env.get("FAULT_INJECTION_DIR"):
+    with open(os.path.join(env["FAULT_INJECTION_DIR"], "rank%s.pid" % env["RANK"]), "w") as f:
+        f.write(str(os.getpid()))
+    if env["RANK"] == env.get("FAULT_INJECTION_RANK"):
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("fault_injection", env["FAULT_INJECTION_HARNESS"])
+        sys.modules["fault_injection"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.arm_rank(env["FAULT_INJECTION_POINT"], env["FAULT_INJECTION_DIR"])
+"""
+
+
+def arm_rank(point: str, run_dir: str) -> None:
+    """In a torchrun rank (through ``RANK_HOOK``): arm ``point`` when the trainer starts to run, the first
+    ``Engine.run`` of ``monai.bundle run``. Not earlier: building the trainer (the ``DistributedDataParallel``
+    in it broadcasts rank 0's weights) out of the config's order would pair this rank's collectives with the
+    other rank's ``barrier`` and hang both."""
+    from ignite.engine import Engine
+    from monai.bundle import ConfigWorkflow
+
+    real_run, real_engine_run = ConfigWorkflow.run, Engine.run
+
+    def run(workflow):
+        def engine_run(engine, *args, **kwargs):
+            Engine.run = real_engine_run
+            _install(point, workflow.parser, Path(run_dir) / "kill.flag")  # every object is built by now
+            return real_engine_run(engine, *args, **kwargs)
+
+        Engine.run = engine_run
+        return real_run(workflow)
+
+    ConfigWorkflow.run = run
+
+
+def torchrun_command(run_dir: Path, phantom: Path, epochs: int, resume_from: Path | None = None) -> list[str]:
+    """``torchrun --standalone --nnodes 1 --nproc_per_node 2 -m monai.bundle run`` with the harness's settings
+    (``torchrun`` is ``python -m torch.distributed.run``)."""
+    overrides = {**DDP_SETTINGS, "dataset_dir": phantom, "runs_dir": run_dir, "max_epochs": epochs}
+    if resume_from is not None:
+        overrides["resume_from"] = resume_from
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+               "--nproc_per_node", str(NPROC), "-m", "monai.bundle", "run",
+               "--config_file", str([str(c) for c in DDP_CONFIGS])]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+@dataclass
+class TorchrunRun:
+    code: int  # torchrun's exit status (negative: the signal that ended it)
+    killed_at: float | None = None  # when the armed rank killed itself (time.time())
+    exited_at: float = 0.0  # when torchrun had exited
+    pids: dict[int, int] = field(default_factory=dict)  # rank: pid (killed runs only)
+    timed_out: bool = False
+
+    @property
+    def detection_s(self) -> float | None:
+        """From the kill to torchrun's exit (every rank stopped and reaped)."""
+        return None if self.killed_at is None else self.exited_at - self.killed_at
+
+
+def run_torchrun(run_dir: Path, phantom: Path, epochs: int, point: str | None = None, rank: int = 1,
+                 resume_from: Path | None = None) -> TorchrunRun:
+    """One 2-process torchrun training run (output appended to run.log), ``point`` armed in ``rank``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("killed_at", *(f"rank{r}.pid" for r in range(NPROC))):
+        (run_dir / stale).unlink(missing_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a harness started under torchrun must not pass its own rank on
+    if point is not None:
+        hook = run_dir.parent / "rank_hook"
+        hook.mkdir(exist_ok=True)
+        (hook / "sitecustomize.py").write_text(RANK_HOOK)
+        env.update(PYTHONPATH=os.pathsep.join([str(hook), *filter(None, [env.get("PYTHONPATH")])]),
+                   FAULT_INJECTION_DIR=str(run_dir), FAULT_INJECTION_RANK=str(rank),
+                   FAULT_INJECTION_POINT=point, FAULT_INJECTION_HARNESS=str(Path(__file__).resolve()))
+    with open(run_dir / "run.log", "ab") as log:
+        log.write(f"$ {' '.join(torchrun_command(run_dir, phantom, epochs, resume_from))}\n".encode())
+        log.flush()
+        process = subprocess.Popen(torchrun_command(run_dir, phantom, epochs, resume_from), cwd=ROOT, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            code, timed_out = process.wait(timeout=TORCHRUN_LIMIT_S), False
+        except subprocess.TimeoutExpired:  # the ranks run in sessions of their own: kill each by its pid
+            _kill_tree(process.pid, _rank_pids(run_dir).values())
+            code, timed_out = process.wait(), True
+    run = TorchrunRun(code, exited_at=time.time(), timed_out=timed_out, pids=_rank_pids(run_dir))
+    if (run_dir / "killed_at").is_file():
+        run.killed_at = float((run_dir / "killed_at").read_text())
+    return run
+
+
+def _rank_pids(run_dir: Path) -> dict[int, int]:
+    """rank: pid, as the ranks of a killed run recorded them (``RANK_HOOK``)."""
+    files = ((r, run_dir / f"rank{r}.pid") for r in range(NPROC))
+    return {r: int(f.read_text()) for r, f in files if f.is_file()}
+
+
+def _kill_tree(pid: int, also: Iterable[int] = ()) -> None:
+    """SIGKILL ``pid``, every process under it (with psutil, when installed) and ``also``."""
+    pids = [*also]
+    try:
+        import psutil
+
+        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except (ImportError, OSError):
+        pass
+    for target in (*pids, pid):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def failure_summary(log: str) -> tuple[tuple[int, int] | None, dict[int, int]]:
+    """From the summary torchrun prints on failing (``ChildFailedError``): (rank, exit code) of the first
+    failure it observed ("Root Cause"), and rank: exit code of every failed rank."""
+    import re
+
+    entry = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+    start = log.rfind("Failures:")
+    if start < 0:
+        return None, {}
+    codes = {int(r): int(c) for r, c in entry.findall(log[start:])}
+    first = entry.search(log[max(start, log.rfind("Root Cause")):]) if "Root Cause" in log[start:] else None
+    return (int(first[1]), int(first[2])) if first else None, codes
+
+
+def sigterm_sent_at(log: str) -> float | None:
+    """When torchrun's agent logged sending the other ranks SIGTERM (its first such line), as time.time()."""
+    import datetime
+    import re
+
+    found = re.search(r"^[IWE](\d{4}) (\d\d:\d\d:\d\d\.\d+) .*closing signal SIGTERM", log, flags=re.M)
+    if not found:
+        return None
+    year = datetime.datetime.now().year
+    return datetime.datetime.strptime(f"{year}{found[1]} {found[2]}", "%Y%m%d %H:%M:%S.%f").timestamp()
 
 
 # ---- in the parent: cases and checks -----------------------------------------------------------------------
@@ -343,28 +553,39 @@ class Result:
     temporary: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # torchrun cases: seconds from the kill to torchrun's exit, per kill; what did not stop as it should
+    detection_s: list[float] = field(default_factory=list)
+    not_stopped: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         died = len(self.killed) == len(self.case.kills) and all("SIGKILL" in k for k in self.killed)
-        return died and not self.torn and self.difference is None and not self.temporary
+        checked = not self.torn and self.difference is None and not self.temporary and not self.not_stopped
+        return died and checked
 
 
 class Harness:
     """One phantom, one uninterrupted reference run of ``epochs`` epochs, and any number of cases run against
-    them (every case is written for 3 epochs; those in ``FAST`` also hold at 2)."""
+    them (every case is written for 3 epochs; those in ``FAST`` also hold at 2). The torchrun cases have an
+    uninterrupted 2-process reference run of their own, made when the first of them runs."""
 
     def __init__(self, workdir: Path, epochs: int = EPOCHS, keep: bool = False):
         self.workdir, self.epochs, self.keep = Path(workdir), epochs, keep  # keep: each case's folder
         self.phantom = self.workdir / "phantom"
         self.reference_dir = self.workdir / "reference"
+        self.ddp_reference_dir = self.workdir / "reference-ddp"
         self.reference: dict[str, Any] = {}
+        self.ddp_reference: dict[str, Any] = {}
 
-    def prepare(self) -> None:
+    def prepare(self, single: bool = True) -> None:
+        """The phantom and, with ``single``, the single-process reference run (and the warm-up its forked
+        children need)."""
         from eclip_monai.data.phantom import generate_phantom
 
         if not (self.phantom / "phantom_done.json").is_file():
             generate_phantom(self.phantom, studies=48, seed=0, workers=1, eval_size=4, progress=False)
+        if not single:
+            return
         warm_up(self.phantom)
         if not (checkpoint_dir(self.reference_dir) / "final.pt").is_file():
             code = run_child(self.reference_dir, self.phantom, epochs=self.epochs)
@@ -375,44 +596,113 @@ class Harness:
         if torn or not {"final.pt", "model.pt"} <= set(self.reference):
             raise RuntimeError(f"the uninterrupted run left no loadable final.pt and model.pt: {torn}")
 
+    def prepare_ddp(self) -> None:
+        """The uninterrupted 2-process torchrun run the torchrun cases are compared with."""
+        if self.ddp_reference:
+            return
+        if not (checkpoint_dir(self.ddp_reference_dir) / "final.pt").is_file():
+            run = run_torchrun(self.ddp_reference_dir, self.phantom, self.epochs)
+            if run.code != 0:
+                log = self.ddp_reference_dir / "run.log"
+                raise RuntimeError(f"the uninterrupted torchrun run failed ({run.code}); see {log}")
+        self.ddp_reference, torn = load_checkpoints(checkpoint_dir(self.ddp_reference_dir))
+        if torn or not {"final.pt", "model.pt"} <= set(self.ddp_reference):
+            raise RuntimeError(f"the uninterrupted torchrun run left no loadable final.pt, model.pt: {torn}")
+
+    def _killed_child(self, case: Case, run_dir: Path, point: str, resume_from: Path | None,
+                      result: Result) -> None:
+        code = run_child(run_dir, self.phantom, point, resume_from, case.workers, self.epochs)
+        log = (run_dir / "run.log").read_text(errors="replace")
+        if code == -signal.SIGKILL and f"SIGKILL at {point}" in log:
+            result.killed.append("SIGKILL")
+        elif point.startswith("worker") and code == 1 and "DataLoader worker" in log:
+            result.killed.append("worker SIGKILL, trainer raised")
+        else:
+            result.killed.append("not reached" if code == 0 else f"exit {code}")
+
+    def _killed_torchrun(self, case: Case, run_dir: Path, point: str, resume_from: Path | None,
+                         result: Result) -> None:
+        """Rank ``case.rank`` kills itself at ``point``: torchrun must name it (SIGKILL) as the first failure,
+        stop the other rank and exit non-zero within ``DETECTION_LIMIT_S`` of the kill, leaving no rank."""
+        log_start = (run_dir / "run.log").stat().st_size if (run_dir / "run.log").is_file() else 0
+        run = run_torchrun(run_dir, self.phantom, self.epochs, point, case.rank, resume_from)
+        with open(run_dir / "run.log", "rb") as f:
+            f.seek(log_start)
+            log = f.read().decode(errors="replace")
+        if run.timed_out:
+            result.not_stopped.append(f"torchrun still running {TORCHRUN_LIMIT_S} s after it started")
+        if f"SIGKILL at {point}" not in log or run.detection_s is None:
+            result.killed.append("not reached" if run.code == 0 else f"torchrun exit {run.code}, {point} "
+                                 "not reached")
+            return
+        root, codes = failure_summary(log)
+        signalled, detection = sigterm_sent_at(log), run.detection_s
+        result.detection_s.append(round(detection, 1))
+        others = "".join(f"; rank {r} exit {c}" for r, c in sorted(codes.items()) if r != case.rank)
+        result.killed.append(
+            f"rank {case.rank} SIGKILL; "
+            + (f"SIGTERM to the others after {signalled - run.killed_at:.1f} s; " if signalled else "")
+            + f"torchrun exit {run.code} after {detection:.1f} s "
+            + (f"(first failure: rank {root[0]} exit {root[1]}{others})" if root else "(no failure summary)"))
+        if run.code == 0:
+            result.not_stopped.append("torchrun exited 0")
+        if detection > DETECTION_LIMIT_S:
+            result.not_stopped.append(f"torchrun exited {detection:.0f} s after the kill (limit "
+                                      f"{DETECTION_LIMIT_S:.0f} s)")
+        if root != (case.rank, -signal.SIGKILL):
+            result.not_stopped.append(f"torchrun's first failure is {root}, not rank {case.rank} by SIGKILL")
+        if len(run.pids) != NPROC:
+            result.not_stopped.append(f"ranks that recorded their pid: {sorted(run.pids)}")
+        survivors = {r: pid for r, pid in run.pids.items() if alive(pid)}
+        if survivors:
+            result.not_stopped.append(f"running after torchrun exited: ranks {sorted(survivors)}")
+            for pid in survivors.values():
+                os.kill(pid, signal.SIGKILL)
+
     def run_case(self, case: Case) -> Result:
+        if case.rank is not None:
+            self.prepare_ddp()
         start, result = time.monotonic(), Result(case)
         run_dir = self.workdir / case.name
         folder = checkpoint_dir(run_dir)
         for point in case.kills:
             resume_from = latest_checkpoint(folder)
-            code = run_child(run_dir, self.phantom, point, resume_from, case.workers, self.epochs)
-            log = (run_dir / "run.log").read_text(errors="replace")
-            if code == -signal.SIGKILL and f"SIGKILL at {point}" in log:
-                result.killed.append("SIGKILL")
-            elif point.startswith("worker") and code == 1 and "DataLoader worker" in log:
-                result.killed.append("worker SIGKILL, trainer raised")
+            if case.rank is None:
+                self._killed_child(case, run_dir, point, resume_from, result)
             else:
-                result.killed.append("not reached" if code == 0 else f"exit {code}")
+                self._killed_torchrun(case, run_dir, point, resume_from, result)
             result.torn += [f"after {point}: {t}" for t in load_checkpoints(folder)[1]]
             result.left_after_kill = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        code = run_child(run_dir, self.phantom, None, latest_checkpoint(folder), case.workers, self.epochs)
+        resume_from = latest_checkpoint(folder)
+        if case.rank is None:
+            code = run_child(run_dir, self.phantom, None, resume_from, case.workers, self.epochs)
+            reference_dir, reference = self.reference_dir, self.reference
+        else:  # the same torchrun command, plus --resume_from
+            code = run_torchrun(run_dir, self.phantom, self.epochs, resume_from=resume_from).code
+            reference_dir, reference = self.ddp_reference_dir, self.ddp_reference
         loaded, torn = load_checkpoints(folder)
         result.torn += [f"after resume: {t}" for t in torn]
         if code != 0:
             result.difference = f"the resumed run failed ({code}); see {run_dir / 'run.log'}"
         else:
-            result.difference = self.compare(loaded)
+            result.difference = self.compare(loaded, reference)
         names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-        reference = {p.name for p in checkpoint_dir(self.reference_dir).iterdir()}
         result.temporary = sorted(n for n in names if n.startswith("."))
-        result.extra = sorted(names - reference - set(result.temporary))
+        result.extra = sorted(names - {p.name for p in checkpoint_dir(reference_dir).iterdir()}
+                              - set(result.temporary))
         if not self.keep:  # a case leaves about 0.5 GB of checkpoints
             shutil.rmtree(run_dir)
         result.seconds = time.monotonic() - start
         return result
 
-    def compare(self, loaded: Mapping[str, Any]) -> str | None:
-        """Where the resumed ``final.pt`` or ``model.pt`` differs from the uninterrupted run's, or None."""
+    def compare(self, loaded: Mapping[str, Any], reference: Mapping[str, Any] | None = None) -> str | None:
+        """Where the resumed ``final.pt`` or ``model.pt`` differs from the uninterrupted run's (``reference``,
+        by default the single-process one), or None."""
+        reference = self.reference if reference is None else reference
         for name in ("final.pt", "model.pt"):
             if name not in loaded:
                 return f"{name} missing"
-            diff = first_difference(self.reference[name], loaded[name])
+            diff = first_difference(reference[name], loaded[name])
             if diff is not None:
                 return f"{name}{diff}"
         return None
@@ -425,7 +715,8 @@ def table(results: Sequence[Result]) -> str:
         equal = "yes (final.pt, model.pt)" if r.difference is None else f"NO: {r.difference}"
         left = ", ".join(r.left_after_kill) or "none"
         extra = ", ".join(r.extra + r.temporary) or "none"
-        verdict = "pass" if r.passed else "FAIL" + (f" (torn: {'; '.join(r.torn)})" if r.torn else "")
+        verdict = "pass" if r.passed else "FAIL" + "".join(f" ({why})" for why in (
+            *(["torn: " + "; ".join(r.torn)] if r.torn else []), *r.not_stopped))
         killed = ", ".join(r.killed)
         rows.append(f"| {r.case.name} | {r.case.where} | {killed} | {equal} | {left} | {extra} | {verdict} |")
     return "\n".join(rows)
@@ -435,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="all",
-                        help="'all', 'fast' (the make-test slice) or comma-separated case names (see --list)")
+                        help="'all', 'fast' (the make-test slice), 'single' (the single-process cases), "
+                             "'ddp' (the 2-process torchrun cases) or comma-separated names (see --list)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where runs are written and kept (default: a temporary folder; each case's "
                              "runs are removed once checked)")
@@ -444,9 +736,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for case in CASES.values():
-            print(f"{case.name:18} {' -> '.join(case.kills):60} {case.where}")
+            where = case.where if case.rank is None else f"[torchrun, rank {case.rank}] {case.where}"
+            print(f"{case.name:22} {' -> '.join(case.kills):60} {where}")
         return 0
-    names = {"all": list(CASES), "fast": list(FAST)}.get(args.cases) or args.cases.split(",")
+    groups = {"all": list(CASES), "fast": list(FAST), "single": list(SINGLE), "ddp": list(DDP)}
+    names = groups.get(args.cases) or args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"--cases: unknown {unknown}; see --list")
@@ -457,7 +751,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs = FAST_EPOCHS if args.cases == "fast" else EPOCHS
         harness = Harness(args.workdir or Path(tmp), epochs, keep=args.workdir is not None)
         start = time.monotonic()
-        harness.prepare()
+        harness.prepare(single=any(CASES[n].rank is None for n in names))
+        if any(CASES[n].rank is not None for n in names):
+            harness.prepare_ddp()
         reference_s = time.monotonic() - start
         results = []
         for name in names:
@@ -468,11 +764,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(results))
     passed = sum(r.passed for r in results)
     print(f"\n{passed} of {len(results)} cases passed; {total:.0f} s in all ({reference_s:.0f} s for the "
-          f"phantom and the uninterrupted run; {4 * harness.epochs} iterations a run), one thread per run.")
+          f"phantom and the uninterrupted runs; {4 * harness.epochs} iterations a run), one thread per "
+          f"process.")
     if args.json:
         args.json.write_text(json.dumps([{"case": r.case.name, "where": r.case.where, "kills": r.case.kills,
                                           "killed": r.killed, "difference": r.difference, "torn": r.torn,
                                           "extra": r.extra, "temporary": r.temporary, "passed": r.passed,
+                                          "rank": r.case.rank, "detection_s": r.detection_s,
+                                          "not_stopped": r.not_stopped,
                                           "seconds": round(r.seconds, 1)} for r in results], indent=2) + "\n")
     return 0 if passed == len(results) else 1
 
