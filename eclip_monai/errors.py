@@ -29,3 +29,14 @@ class CXRDataError(ValueError):
 
 def _rebuild(reason, path, field):
     return CXRDataError(reason, path=path, field=field)
+
+
+def require_switches(**switches: object) -> None:
+    """Refuse a config switch that is not ``True``/``False``, naming it. ``monai.bundle run --key false`` hands
+    the config the *string* ``'false'`` (only ``False`` is read as a bool), which is truthy: without this,
+    ``--generate_phantom false`` would still generate the phantom world. A configuration error, so a
+    ``TypeError``, not ``CXRDataError``."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected True or False, found {value!r} (on the command line write "
+                            f"--{name} False or --{name} True: lower-case false/true arrive as text)")

@@ -94,3 +94,22 @@ def test_fine_tuning_starts_from_the_published_weights_with_the_curriculum_where
     assert parser.get_parsed_content("curriculum_handler#cold_ratio") == (0.0 if restore else 0.1)
     parser["finetune_from"] = None
     assert parser.get_parsed_content("initial_weights", default=None) is None
+
+
+@pytest.mark.parametrize("key, overlay", [("generate_phantom", None), ("mixup", None),
+                                          ("eval_figures", "bundle/configs/evaluate.json"),
+                                          ("verify_shards", "configs/shards.json")])
+def test_a_switch_typed_in_lower_case_on_the_command_line_is_refused_naming_it(key, overlay, tmp_path):
+    """``--generate_phantom false`` reaches the config as the string 'false', which is truthy."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [str(c) for c in (*CONFIGS, *([ROOT / overlay] if overlay else []))]
+    workflow = ConfigWorkflow(configs, workflow_type="train", logging_file=False, runs_dir=str(tmp_path),
+                              **{key: "false"})
+    with pytest.raises(RuntimeError) as failure:
+        workflow.initialize()
+    cause = failure.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, TypeError) and str(cause).startswith(f"{key}: expected True or False, found 'false'")
+    assert f"--{key} False" in str(cause)
