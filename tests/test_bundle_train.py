@@ -1,16 +1,14 @@
-"""The training bundle run the way a user types it: ``python -m monai.bundle run`` with the tiny CPU overlay.
+"""The training bundle as ``python -m monai.bundle run`` runs it (MONAI's ``run``, in-process) with the tiny CPU
+overlay.
 
 A 48-study phantom at 64² keeps each run to seconds; the checks are on what the run leaves behind: checkpoints,
 TensorBoard scalars (loss, curriculum, validation recall); the fine-tuning overlay is checked in-process.
-Exact resume of this bundle through ``--resume_from`` after a SIGKILL is ``test_fault_injection.py``'s;
-multi-process training runs in ``test_bundle_journey.py``.
+The command itself, typed in a shell, runs in ``test_bundle_journey.py`` (with multi-process training); exact
+resume of this bundle through ``--resume_from`` after a SIGKILL is ``test_fault_injection.py``'s.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +28,13 @@ def phantom(tmp_path_factory):
     return root
 
 
-def run_bundle(configs, cwd, **overrides):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(c) for c in configs])]
-    for key, value in {**SMALL, **overrides}.items():
-        cmd += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return done
+def run_bundle(configs, **overrides) -> None:
+    """MONAI's ``run`` with ``SMALL`` and the overrides, on the CPU."""
+    from monai.bundle import run
+
+    run(config_file=[str(c) for c in configs], logging_file=str(ROOT / "bundle/configs/logging.conf"),
+        device="$torch.device('cpu')", **{k: str(v) if isinstance(v, Path) else v for k, v in
+                                          {**SMALL, **overrides}.items()})
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -49,7 +46,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 def test_bundle_trains_validates_logs_and_checkpoints(phantom, tmp_path):
-    run_bundle(CONFIGS, tmp_path, dataset_dir=phantom, runs_dir=tmp_path / "runs", max_epochs=2)
+    run_bundle(CONFIGS, dataset_dir=phantom, runs_dir=tmp_path / "runs", max_epochs=2)
     run_dir = tmp_path / "runs" / "eclip_tiny"
     ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert {"final.pt", "model.pt", "checkpoint_epoch=2.pt"} <= ckpts
@@ -66,7 +63,7 @@ def test_bundle_trains_validates_logs_and_checkpoints(phantom, tmp_path):
 
 
 def test_clip_baseline_overlay_trains_without_experts(phantom, tmp_path):
-    run_bundle([*CONFIGS, ROOT / "configs/clip_baseline.json"], tmp_path, dataset_dir=phantom,
+    run_bundle([*CONFIGS, ROOT / "configs/clip_baseline.json"], dataset_dir=phantom,
                runs_dir=tmp_path / "runs", max_epochs=1)
     run_dir = tmp_path / "runs" / "eclip_tiny_clip_baseline"
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)

@@ -203,7 +203,7 @@ def test_without_mixup_the_expert_image_is_the_processor_output():
 
 @pytest.mark.parametrize("flag", ["mixup", "random_heatmaps"])
 def test_a_switch_given_as_a_string_is_refused_naming_it(flag):
-    with pytest.raises(TypeError, match=f"{flag}: expected true or false, found 'false'"):
+    with pytest.raises(TypeError, match=f"{flag}: expected True or False, found 'false'"):
         ECLIP(torch.nn.Identity(), None, **{flag: "false"})  # what `--mixup false` on the command line gives
 
 

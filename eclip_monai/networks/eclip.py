@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from eclip_monai.errors import require_switches
 from eclip_monai.networks.heatmap_processor import HeatmapProcessor
 from eclip_monai.networks.text_cache import FrozenTextCache
 from eclip_monai.networks.towers import create_clip_model
@@ -87,10 +88,7 @@ class ECLIP(nn.Module):
         max_logit_scale: float = 100.0,
     ):
         super().__init__()
-        for name, flag in (("mixup", mixup), ("random_heatmaps", random_heatmaps)):
-            if not isinstance(flag, bool):  # `--mixup false` on the command line arrives as the string 'false'
-                raise TypeError(f"{name}: expected true or false, found {flag!r} (on the command line write "
-                                f"--{name} False)")
+        require_switches(mixup=mixup, random_heatmaps=random_heatmaps)  # the string 'false' would be truthy
         self.clip = clip_model
         self.heatmap_processor = heatmap_processor
         self.mixup_alpha = mixup_alpha
