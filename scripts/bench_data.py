@@ -58,7 +58,7 @@ from preprocess_shards import shard_transform
 HEATMAP_TOLERANCE = 1e-5
 MIMIC_IMAGES = 377_110  # DICOMs in MIMIC-CXR 2.0.0
 PER_10K = 10_000
-SHARD_READ_TARGET = 20  # shard read per core vs full-size decode per core (issue target)
+SHARD_READ_TARGET = 20  # shard read per core vs full-size decode per core (the target)
 
 
 @dataclass(frozen=True)
