@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from hostile_corpus import Case, generate, load_manifest  # noqa: E402
 
-from eclip_monai.errors import CXRDataError  # noqa: E402
+from eclip_monai.data.robust import data_error  # noqa: E402
 
 MODEL, SIZE = "eclip-tiny-cnn", 112
 IMAGE_ENTRIES = ("train", "evaluation", "inference")
@@ -64,14 +64,6 @@ class Outcome:
     peak_rss_mb: float
     growth_mb: float = 0.0  # peak RSS minus the worker's RSS when it started (rest: the server's growth)
     detail: str = ""
-
-
-def data_error(error: BaseException | None) -> CXRDataError | None:
-    """The ``CXRDataError`` behind ``error`` (MONAI's ``Compose`` re-raises transform errors as the cause of
-    a ``RuntimeError``)."""
-    while error is not None and not isinstance(error, CXRDataError):
-        error = error.__cause__
-    return error
 
 
 class Entries:

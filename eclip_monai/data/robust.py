@@ -26,7 +26,7 @@ BAD_KEY = "_bad"
 logger = logging.getLogger(__name__)
 
 
-def _data_error(error: BaseException | None) -> CXRDataError | None:
+def data_error(error: BaseException | None) -> CXRDataError | None:
     """The ``CXRDataError`` behind ``error``: MONAI's ``apply_transform`` re-raises transform errors as
     ``RuntimeError`` with the original as ``__cause__``, possibly several times over in nested ``Compose``."""
     while error is not None and not isinstance(error, CXRDataError):
@@ -66,7 +66,7 @@ class SkipBadSamples(Dataset):
         try:
             return self.dataset[index]
         except Exception as exc:
-            error = _data_error(exc)
+            error = data_error(exc)
             if error is None:
                 raise
             logger.warning("skipping sample %s: %s", index, error)

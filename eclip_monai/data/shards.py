@@ -69,6 +69,7 @@ from tqdm import tqdm
 from eclip_monai.data.expert import build_expert_datalist
 from eclip_monai.data.formats import FRONTAL_VIEWS
 from eclip_monai.data.mimic import MIMIC_SPLITS, Datalist, build_mimic_datalist
+from eclip_monai.data.robust import data_error
 from eclip_monai.errors import CXRDataError
 from eclip_monai.files import atomic_write
 from eclip_monai.integrity import file_sha256
@@ -180,11 +181,15 @@ class ShardSet:
             self._cache(self._images, shard, array.view(np.ndarray))  # still the map, minus memmap's overhead
         return self._images[shard]
 
+    def image(self, shard: int, row: int) -> np.ndarray:
+        """Row ``row`` of ``shard`` as float32 (1, S, S) in [0, 1], without parsing its record."""
+        return np.divide(self.images(shard)[row], np.float32(255), dtype=np.float32)[None]
+
     def read(self, shard: int, row: int) -> dict:
         """The record of ``row`` with ``"image"``: float32 (1, S, S) in [0, 1], and ``"fixations"`` as a
         float32 (F, 3) array where the image has gaze."""
         item = dict(self.records(shard)[row])
-        item["image"] = np.divide(self.images(shard)[row], np.float32(255), dtype=np.float32)[None]
+        item["image"] = self.image(shard, row)
         if item.get("fixations") is not None:
             item["fixations"] = np.asarray(item["fixations"], dtype=np.float32).reshape(-1, 3)
         return item
@@ -445,7 +450,7 @@ def _shard(task: tuple) -> dict:
         try:
             result = _transform({"image": item["image"]})
         except Exception as exc:
-            error = _data_error(exc)
+            error = data_error(exc)
             if error is None:
                 raise
             skipped.append({"path": str(item["image"]), "reason": error.reason, "field": error.field})
@@ -462,14 +467,6 @@ def _shard(task: tuple) -> dict:
             "sha256": {"images": file_sha256(npy), "records": file_sha256(jsonl)}, "split": split,
             "planned": len(items), "gaze": sum("fixations" in r for r in records), "plan": digest,
             "skipped": skipped, "reused": False}
-
-
-def _data_error(error: BaseException | None) -> CXRDataError | None:
-    """The ``CXRDataError`` behind ``error`` (MONAI's ``Compose`` re-raises it as the cause of a
-    ``RuntimeError``, possibly several times over)."""
-    while error is not None and not isinstance(error, CXRDataError):
-        error = error.__cause__
-    return error
 
 
 def _image_and_record(image, item: dict, size: int) -> tuple[np.ndarray, dict]:

@@ -99,8 +99,9 @@ class ShardDataset(Dataset):
         keep_records: bool | None = None,
         cache_shards: int = 16,
     ):
-        manifest = (shards if isinstance(shards, ShardSet) else ShardSet(shards)).manifest
         self.root = os.fspath(shards.root if isinstance(shards, ShardSet) else shards)
+        self.shards = ShardSet(self.root, cache_shards=cache_shards)
+        manifest = self.shards.manifest
         self.manifest_path = os.path.join(self.root, "manifest.json")
         self.names = [entry["name"] for entry in manifest["shards"]]
         self.shards_digest = _digest([[e["name"], e["count"], e.get("sha256")] for e in manifest["shards"]])
@@ -108,7 +109,6 @@ class ShardDataset(Dataset):
         self.splits, self.gaze_only = tuple(splits), gaze_only
         self.views = None if views is None else tuple(views)
         self.fields = ITEM_FIELDS + (GAZE_FIELDS if gaze_only else ())
-        self.shards = ShardSet(self.root, cache_shards=cache_shards)
         keep = gaze_only if keep_records is None else keep_records
         self.records: list[dict] | None = [] if keep else None
         written_views = manifest.get("settings", {}).get("views")
@@ -133,7 +133,7 @@ class ShardDataset(Dataset):
         if split is not None and views_hold and not self.gaze_only and self.records is None:
             return np.arange(int(entry["count"]))
         keep = []
-        for row, record in enumerate(ShardSet(self.root).records(shard)):  # parsed here and let go
+        for row, record in enumerate(self.shards.records(shard)):  # held within the cache_shards bound
             view_ok = self.views is None or record.get("view") in self.views
             gaze_ok = not self.gaze_only or len(record.get("fixations") or ()) > 0
             if record.get("split") in self.splits and view_ok and gaze_ok:
@@ -155,9 +155,7 @@ class ShardDataset(Dataset):
         if self.records is None:
             record = self.shards.read(shard, row)
         else:
-            record = self.records[index]
-            pixels = self.shards.images(shard)[row]
-            record = {**record, "image": np.divide(pixels, np.float32(255), dtype=np.float32)[None]}
+            record = {**self.records[index], "image": self.shards.image(shard, row)}
         if record.get("report") in (None, ""):
             raise CXRDataError("expected report text, found none", path=self.location(index), field="report")
         item = {key: record.get(key, "") for key in self.fields}
