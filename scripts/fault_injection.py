@@ -396,10 +396,11 @@ def run_torchrun(run_dir: Path, phantom: Path, epochs: int, point: str | None = 
         env.update(PYTHONPATH=os.pathsep.join([str(hook), *filter(None, [env.get("PYTHONPATH")])]),
                    FAULT_INJECTION_DIR=str(run_dir), FAULT_INJECTION_RANK=str(rank),
                    FAULT_INJECTION_POINT=point, FAULT_INJECTION_HARNESS=str(Path(__file__).resolve()))
+    command = torchrun_command(run_dir, phantom, epochs, resume_from)
     with open(run_dir / "run.log", "ab") as log:
-        log.write(f"$ {' '.join(torchrun_command(run_dir, phantom, epochs, resume_from))}\n".encode())
+        log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
-        process = subprocess.Popen(torchrun_command(run_dir, phantom, epochs, resume_from), cwd=ROOT, env=env,
+        process = subprocess.Popen(command, cwd=ROOT, env=env,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
@@ -525,6 +526,15 @@ def load_checkpoints(folder: Path) -> tuple[dict[str, Any], list[str]]:
     return loaded, torn
 
 
+def reference_checkpoints(run_dir: Path, what: str) -> dict[str, Any]:
+    """The loaded checkpoints of an uninterrupted ``what``; it must have left a loadable final.pt and
+    model.pt."""
+    reference, torn = load_checkpoints(checkpoint_dir(run_dir))
+    if torn or not {"final.pt", "model.pt"} <= set(reference):
+        raise RuntimeError(f"the uninterrupted {what} left no loadable final.pt and model.pt: {torn}")
+    return reference
+
+
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     """The first place two loaded checkpoints differ (tensors bit for bit), else None."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
@@ -592,9 +602,7 @@ class Harness:
             if code != 0:
                 log = self.reference_dir / "run.log"
                 raise RuntimeError(f"the uninterrupted run failed ({code}); see {log}")
-        self.reference, torn = load_checkpoints(checkpoint_dir(self.reference_dir))
-        if torn or not {"final.pt", "model.pt"} <= set(self.reference):
-            raise RuntimeError(f"the uninterrupted run left no loadable final.pt and model.pt: {torn}")
+        self.reference = reference_checkpoints(self.reference_dir, "run")
 
     def prepare_ddp(self) -> None:
         """The uninterrupted 2-process torchrun run the torchrun cases are compared with."""
@@ -605,9 +613,7 @@ class Harness:
             if run.code != 0:
                 log = self.ddp_reference_dir / "run.log"
                 raise RuntimeError(f"the uninterrupted torchrun run failed ({run.code}); see {log}")
-        self.ddp_reference, torn = load_checkpoints(checkpoint_dir(self.ddp_reference_dir))
-        if torn or not {"final.pt", "model.pt"} <= set(self.ddp_reference):
-            raise RuntimeError(f"the uninterrupted torchrun run left no loadable final.pt, model.pt: {torn}")
+        self.ddp_reference = reference_checkpoints(self.ddp_reference_dir, "torchrun run")
 
     def _killed_child(self, case: Case, run_dir: Path, point: str, resume_from: Path | None,
                       result: Result) -> None:
