@@ -51,9 +51,7 @@ from eclip_monai.data.robust import SkipBadSamples, collate_skip_bad
 from eclip_monai.engines import SeededPasses
 from eclip_monai.networks import build_tokenizer
 from eclip_monai.transforms import FixationsToHeatmap, LoadCXRDicomd
-from eclip_monai.transforms.pipelines import eval_transforms, train_transforms
-
-from preprocess_shards import shard_transform
+from eclip_monai.transforms.pipelines import eval_transforms, shard_transforms, train_transforms
 
 HEATMAP_TOLERANCE = 1e-5
 MIMIC_IMAGES = 377_110  # DICOMs in MIMIC-CXR 2.0.0
@@ -206,7 +204,7 @@ def bench_full_size(cfg: FullSizeDataConfig) -> dict:
     """Full-size decode + VOI + resize per core, per transfer syntax, against a random shard read; then
     preprocessing (``write_shards``) time and disk per image."""
     worlds = {syntax: _full_size_world(cfg, syntax) for syntax in cfg.syntaxes}
-    transform = shard_transform(cfg.shard_size)
+    transform = shard_transforms(cfg.shard_size)
     result: dict = {"image_size": cfg.shard_size, "syntaxes": {}}
     with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmp:
         for syntax, (items, generation) in worlds.items():

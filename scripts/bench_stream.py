@@ -47,7 +47,7 @@ from eclip_monai.data.shards import ShardSet, collect_items, write_shards
 from eclip_monai.data.stream import ShardDataset, ShardSampler
 from eclip_monai.engines import SeededPasses
 from eclip_monai.networks import build_tokenizer
-from eclip_monai.transforms.pipelines import eval_transforms, train_transforms
+from eclip_monai.transforms.pipelines import shard_transforms, train_transforms
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def ensure_shards(cfg: StreamConfig) -> Path:
     out = root / f"shards_{cfg.shard_size}px_{cfg.images}"
     settings = {"splits": ["train"], "views": list(FRONTAL_VIEWS), "repeated": copies}
     start = time.perf_counter()
-    write_shards(items[: cfg.images], out, eval_transforms(cfg.shard_size, mean=0.0, std=1.0),
+    write_shards(items[: cfg.images], out, shard_transforms(cfg.shard_size),
                  image_size=cfg.shard_size, images_per_shard=cfg.images_per_shard, settings=settings,
                  progress=False)
     bc.log(f"shard set {out}: {cfg.images} images, ready in {time.perf_counter() - start:.1f} s")

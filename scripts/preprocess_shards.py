@@ -24,14 +24,9 @@ from pathlib import Path
 from eclip_monai.data.formats import FRONTAL_VIEWS
 from eclip_monai.data.mimic import MIMIC_SPLITS
 from eclip_monai.data.shards import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES_PER_SHARD, collect_items, write_shards
-from eclip_monai.transforms.pipelines import eval_transforms
+from eclip_monai.transforms.pipelines import shard_transforms
 
 PHANTOM_DIRS = {"mimic_root": "mimic-cxr", "egd_root": "egd-cxr", "reflacx_root": "reflacx"}
-
-
-def shard_transform(image_size: int):
-    """What a shard stores: the evaluation chain without its mean/std normalisation (the identity here)."""
-    return eval_transforms(image_size, mean=0.0, std=1.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "transform": f"eval_transforms({size}, mean=0.0, std=1.0): LoadCXRDicomd, "
                              f"ResizeShortestSided({size}, area), CenterSpatialCropd; uint8 = rint(255 x)"}
     start = time.perf_counter()
-    result = write_shards(items, args.out, shard_transform(size), image_size=size,
+    result = write_shards(items, args.out, shard_transforms(size), image_size=size,
                           images_per_shard=args.images_per_shard, workers=args.workers, settings=settings,
                           progress=not args.no_progress)
     manifest = result["manifest"]

@@ -19,7 +19,7 @@ from eclip_monai.data.phantom import ensure_phantom
 from eclip_monai.data.shards import MANIFEST, ShardSet, collect_items, write_shards
 from eclip_monai.errors import CXRDataError
 from eclip_monai.transforms import LoadCXRDicom
-from eclip_monai.transforms.pipelines import eval_transforms
+from eclip_monai.transforms.pipelines import eval_transforms, shard_transforms
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SIZE = 48
@@ -29,7 +29,7 @@ MEAN, STD = 0.58, 0.26  # eval_transforms' defaults, undone to compare with the 
 
 def shard_transform():
     """What scripts/preprocess_shards.py stores: the eval chain without its normalisation."""
-    return eval_transforms(SIZE, mean=0.0, std=1.0)
+    return shard_transforms(SIZE)
 
 
 def write(items, out, **options):

@@ -33,7 +33,7 @@ from eclip_monai.handlers import (
 )
 from eclip_monai.losses import ContrastiveLoss
 from eclip_monai.networks import build_eclip, build_tokenizer
-from eclip_monai.transforms.pipelines import eval_transforms, train_transforms
+from eclip_monai.transforms.pipelines import shard_transforms, train_transforms
 
 SIZE, PER_SHARD, TRAIN = 32, 6, 36
 TINY = {"embed_dim": 32, "vision_cfg": {"width": 64, "layers": 1, "head_width": 32, "patch_size": 8},
@@ -46,7 +46,7 @@ def write_phantom_shards(root: Path, studies: int = 48, size: int = SIZE, per_sh
                            egd_fraction=0.4, reflacx_fraction=0.4)
     items = collect_items(world / "mimic-cxr", world / "egd-cxr", world / "reflacx")
     settings = {"splits": list(MIMIC_SPLITS), "views": list(FRONTAL_VIEWS)}
-    write_shards(items, root / "shards", eval_transforms(size, mean=0.0, std=1.0), image_size=size,
+    write_shards(items, root / "shards", shard_transforms(size), image_size=size,
                  images_per_shard=per_shard, settings=settings, progress=False)
     return root / "shards"
 

@@ -44,7 +44,7 @@ decoding gives up to the uint8 quantisation (at most 0.5/255). Training crops
 shard never mixes splits (``"split"`` in its manifest entry). An image whose DICOM cannot be read
 (:class:`~eclip_monai.errors.CXRDataError`) is left out of its shard and listed under ``"skipped"``.
 
-The transform is passed in (``write_shards(..., transform=eval_transforms(S, mean=0.0, std=1.0))``, as
+The transform is passed in (``write_shards(..., transform=transforms.pipelines.shard_transforms(S))``, as
 ``scripts/preprocess_shards.py`` does) because the transforms sit above this package.
 """
 
@@ -319,7 +319,7 @@ def write_shards(
         items: datalist items (``collect_items``): ``image`` (a DICOM path), ids, split, view, report, labels
             and, with gaze, ``fixations`` / ``pixels_per_degree`` / ``gaze_source``.
         transform: turns ``{"image": path}`` into ``{"image": (1, S, S) MetaTensor in [0, 1]}`` whose meta has
-            the loader's ``spatial_shape`` and ``spacing`` (``eval_transforms(S, mean=0.0, std=1.0)``).
+            the loader's ``spatial_shape`` and ``spacing`` (``transforms.pipelines.shard_transforms(S)``).
         image_size: S, the side of every stored image (the transform must produce it).
         images_per_shard: planned images per shard (fewer where files are skipped, or at a split's end).
         workers: processes, one shard per task; the output does not depend on it.

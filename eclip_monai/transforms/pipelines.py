@@ -27,7 +27,7 @@ from eclip_monai.transforms.dicom import LoadCXRDicomd
 from eclip_monai.transforms.heatmap import FixationsToHeatmapd
 from eclip_monai.transforms.text import ExtractReportSectiond, TokenizeTextd
 
-__all__ = ["CXRKeys", "deterministic_prefix", "eval_transforms", "train_transforms"]
+__all__ = ["CXRKeys", "deterministic_prefix", "eval_transforms", "shard_transforms", "train_transforms"]
 
 PRE_RESIZE_FACTOR = 1.15  # train crops are drawn from a slightly larger image, as CLIP recipes do
 
@@ -137,3 +137,9 @@ def eval_transforms(
         CenterSpatialCropd(spatial, image_size),
         NormalizeIntensityd(keys.image, subtrahend=mean, divisor=std),
     ])
+
+
+def shard_transforms(image_size: int) -> Compose:
+    """What a preprocess-once shard stores (``data/shards.py``): the evaluation chain without its
+    normalisation, so the [0, 1] image fits uint8; training then reads it with ``loader=Identityd``."""
+    return eval_transforms(image_size, mean=0.0, std=1.0)
