@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from datetime import timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 
 from eclip_monai.losses import ContrastiveLoss, PrimingLoss, batch_retrieval_accuracy
 from eclip_monai.networks import HeatmapProcessor
+from label_server import free_port
 
 
 
@@ -128,19 +128,13 @@ def _ddp_worker(rank: int, port: int, results: dict) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_loss_and_gradients_equal_the_single_process_full_batch():
     reference = _new_towers()
     expected_loss = ContrastiveLoss()(*reference(*_global_batch()))
     expected_loss.backward()
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ddp_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+        mp.spawn(_ddp_worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=True)
         results = dict(results)
     for local_loss in (False, True):
         losses = [results[(rank, local_loss)][0] for rank in range(WORLD_SIZE)]
